@@ -1,0 +1,29 @@
+# The two commands the README opens with. Each creates .venv and installs what it needs on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: serve test lint bench-upload clean
+
+$(STAMP): pyproject.toml
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/opentracy serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check opentracy tests bench
+	$(BIN)/ruff format --check opentracy tests bench
+
+bench-upload: $(STAMP)
+	$(BIN)/python bench/upload.py
+
+clean:
+	rm -rf $(VENV) .opentracy .pytest_cache

@@ -1,0 +1,759 @@
+"""Readers: turn a file (JSONL, OpenAI chat JSONL, CSV, Parquet, a Hugging Face dataset) into batches of rows.
+
+Every reader streams: it holds one chunk of the file at a time. Every problem names the file and the
+line (text formats) or row (columnar formats). With `on_error="skip"` bad records are left out and listed.
+
+A batch is an Arrow table with columns row_id, prompt, prompt_messages, response, metadata (JSON text),
+plus the 1-based line or row number of each row and the cluster ids it mentions.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import json
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, Union
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+
+from opentracy.datasets.rows import check_messages, check_metadata, type_name
+from opentracy.errors import InvalidInput
+
+FORMATS = ("jsonl", "openai", "csv", "parquet", "hf")
+OnError = Literal["raise", "skip"]
+MAX_LISTED_ERRORS = 1000
+
+BATCH_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.string()),
+        ("prompt", pa.string()),
+        ("prompt_messages", pa.bool_()),
+        ("response", pa.string()),
+        ("metadata", pa.string()),
+    ]
+)
+
+_encode = msgspec.json.Encoder().encode
+_decode_any = msgspec.json.Decoder().decode
+
+
+@dataclass
+class Batch:
+    table: pa.Table
+    lines: np.ndarray
+    progress: float  # 0..1 of the source read so far
+
+
+@dataclass
+class Mapping:
+    """Which source fields become prompt, response and metadata."""
+
+    prompt_field: str | None = None
+    response_field: str | None = None
+    metadata_fields: list[str] | None = None  # None: every other field goes into metadata
+    row_id_field: str = "row_id"
+
+    @property
+    def is_default(self) -> bool:
+        return self.prompt_field in (None, "prompt") and self.response_field in (None, "response") and (
+            self.metadata_fields is None
+        )
+
+    @property
+    def prompt(self) -> str:
+        return self.prompt_field or "prompt"
+
+    @property
+    def response(self) -> str:
+        return self.response_field or "response"
+
+
+@dataclass
+class Errors:
+    """Where bad records go: raised at once, or collected when skipping."""
+
+    file: str
+    on_error: OnError = "raise"
+    unit: Literal["line", "row"] = "line"
+    items: list[dict[str, Any]] = field(default_factory=list)
+    count: int = 0
+
+    def __call__(self, where: int, message: str) -> None:
+        if self.on_error == "raise":
+            if self.unit == "line":
+                raise InvalidInput(message, file=self.file, line=where)
+            raise InvalidInput(message, file=self.file, row=where)
+        self.count += 1
+        if len(self.items) < MAX_LISTED_ERRORS:
+            self.items.append({self.unit: where, "error": message})
+
+
+class _Builder:
+    """Collects normalised rows for one batch."""
+
+    __slots__ = ("row_id", "prompt", "is_msgs", "response", "metadata", "lines")
+
+    def __init__(self) -> None:
+        self.row_id: list[str | None] = []
+        self.prompt: list[str] = []
+        self.is_msgs: list[bool] = []
+        self.response: list[str] = []
+        self.metadata: list[str] = []
+        self.lines: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.prompt)
+
+    def add(self, row_id: str | None, prompt: Any, response: str, meta: dict[str, Any] | str, line: int) -> None:
+        self.row_id.append(row_id)
+        if isinstance(prompt, str):
+            self.prompt.append(prompt)
+            self.is_msgs.append(False)
+        else:
+            self.prompt.append(_encode(prompt).decode())
+            self.is_msgs.append(True)
+        self.response.append(response)
+        if isinstance(meta, dict):
+            self.metadata.append(_encode(meta).decode() if meta else "{}")
+        else:
+            self.metadata.append(meta)
+        self.lines.append(line)
+
+    def batch(self, progress: float) -> Batch:
+        t = pa.table(
+            [
+                pa.array(self.row_id, pa.string()),
+                pa.array(self.prompt, pa.string()),
+                pa.array(self.is_msgs, pa.bool_()),
+                pa.array(self.response, pa.string()),
+                pa.array(self.metadata, pa.string()),
+            ],
+            schema=BATCH_SCHEMA,
+        )
+        return Batch(t, np.asarray(self.lines, dtype=np.int64), progress)
+
+
+class Normaliser:
+    """Maps one decoded record (a dict) to a row, or reports what is wrong with it."""
+
+    def __init__(self, mapping: Mapping, errors: Errors, *, chat: bool = False) -> None:
+        self.m = mapping
+        self.errors = errors
+        self.chat = chat
+
+    def add(self, rec: Any, where: int, out: _Builder) -> None:
+        err = self.errors
+        if not isinstance(rec, dict):
+            return err(where, f"expected a JSON object, got {type_name(rec)}")
+        if self.chat or (self.m.is_default and "messages" in rec and "prompt" not in rec):
+            return self._add_chat(rec, where, out)
+        m = self.m
+        pf, rf = m.prompt, m.response
+        if pf not in rec or rec[pf] is None:
+            return err(where, f"missing prompt (field {pf!r})")
+        if rf not in rec or rec[rf] is None:
+            return err(where, f"missing response (field {rf!r})")
+        prompt, response = rec[pf], rec[rf]
+        if isinstance(prompt, list):
+            problem = check_messages(prompt)
+            if problem:
+                return err(where, f"field {pf!r}: {problem}")
+        elif not isinstance(prompt, str):
+            return err(where, f"field {pf!r} must be a string or a list of chat messages, not {type_name(prompt)}")
+        if not isinstance(response, str):
+            return err(where, f"field {rf!r} must be a string, not {type_name(response)}")
+        row_id = rec.get(m.row_id_field)
+        if row_id is not None and (not isinstance(row_id, str) or not row_id):
+            return err(where, f"field {m.row_id_field!r} must be a non-empty string, not {type_name(row_id)}")
+        meta = rec.get("metadata")
+        if meta is None:
+            meta = {}
+        elif not isinstance(meta, dict):
+            return err(where, f"metadata must be an object, not {type_name(meta)}")
+        else:
+            meta = dict(meta)
+        skip = {pf, rf, m.row_id_field, "metadata"}
+        extra = m.metadata_fields if m.metadata_fields is not None else [k for k in rec if k not in skip]
+        for k in extra:
+            if k in rec and k not in skip:
+                meta[k] = rec[k]
+        problem = check_metadata(meta)
+        if problem:
+            return err(where, problem)
+        out.add(row_id, prompt, response, meta, where)
+
+    def _add_chat(self, rec: dict[str, Any], where: int, out: _Builder) -> None:
+        """OpenAI fine-tuning format: all messages but the last are the prompt, the last assistant turn the response."""
+        err = self.errors
+        msgs = rec.get("messages")
+        problem = check_messages(msgs)
+        if problem:
+            return err(where, f"field 'messages': {problem}")
+        last = msgs[-1]
+        if last.get("role") != "assistant":
+            return err(where, "the last message must be the assistant's answer (role 'assistant')")
+        if len(msgs) < 2:
+            return err(where, "a chat example needs at least one message before the assistant's answer")
+        content = last.get("content")
+        if content is None:
+            if not last.get("tool_calls"):
+                return err(where, "the assistant's answer has no content")
+            content = ""
+        if not isinstance(content, str):
+            return err(where, "the assistant's answer must be a string")
+        meta: dict[str, Any] = {}
+        extra_msg = {k: v for k, v in last.items() if k not in ("role", "content")}
+        if last.get("content") is None:
+            extra_msg["content"] = None
+        if extra_msg:
+            meta["openai_response_message"] = extra_msg
+        extra_top = {k: v for k, v in rec.items() if k not in ("messages", "metadata", "row_id")}
+        if extra_top:
+            meta["openai_extra"] = extra_top
+        if isinstance(rec.get("metadata"), dict):
+            meta = {**rec["metadata"], **meta}
+        problem = check_metadata(meta)
+        if problem:
+            return err(where, problem)
+        row_id = rec.get("row_id")
+        if row_id is not None and not isinstance(row_id, str):
+            return err(where, f"field 'row_id' must be a string, not {type_name(row_id)}")
+        out.add(row_id, msgs[:-1], content, meta, where)
+
+
+# ---------------------------------------------------------------------------------------------------
+# JSONL
+
+
+class _FastRow(msgspec.Struct, forbid_unknown_fields=True):
+    prompt: Union[str, list[dict[str, Any]]]
+    response: str
+    row_id: Union[str, None] = None
+    metadata: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+_fast_rows = msgspec.json.Decoder(list[_FastRow])
+
+
+class SourceFile:
+    """A binary file read in newline-aligned chunks, hashing every byte on the way."""
+
+    def __init__(self, path: str | os.PathLike[str], display_name: str | None = None) -> None:
+        self.path = Path(path)
+        self.name = display_name or self.path.name
+        self.size = os.path.getsize(self.path)
+        self.sha256 = hashlib.sha256()
+        self.bytes_read = 0
+
+    def chunks(self, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
+        """Yield (chunk, first line number); each chunk ends at a newline (or the end of the file).
+
+        A reader thread reads and hashes ahead (hashlib releases the GIL), so I/O and hashing overlap
+        with decoding.
+        """
+        q: queue.Queue[Any] = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def read() -> None:
+            try:
+                with open(self.path, "rb") as f:
+                    while not stop.is_set():
+                        buf = f.read(chunk_bytes)
+                        self.sha256.update(buf)
+                        q.put(buf)
+                        if not buf:
+                            return
+            except BaseException as e:
+                q.put(e)
+
+        t = threading.Thread(target=read, name="source-read", daemon=True)
+        t.start()
+        line = 1
+        rest = b""
+        try:
+            while True:
+                buf = q.get()
+                if isinstance(buf, BaseException):
+                    raise buf
+                self.bytes_read += len(buf)
+                if not buf:
+                    if rest:
+                        yield rest, line
+                    return
+                buf = rest + buf if rest else buf
+                cut = buf.rfind(b"\n") + 1
+                if cut == 0:
+                    rest = buf
+                    continue
+                chunk, rest = buf[:cut], buf[cut:]
+                yield chunk, line
+                line += chunk.count(b"\n")
+        finally:
+            stop.set()
+            while t.is_alive():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    t.join(0.01)
+
+    @property
+    def progress(self) -> float:
+        return self.bytes_read / self.size if self.size else 1.0
+
+
+def read_jsonl(
+    src: SourceFile, mapping: Mapping, errors: Errors, *, chat: bool = False, chunk_bytes: int = 4 << 20
+) -> Iterator[Batch]:
+    norm = Normaliser(mapping, errors, chat=chat)
+    fast_ok = mapping.is_default and not chat
+    for chunk, first_line in src.chunks(chunk_bytes):
+        if fast_ok:
+            batch = _fast_chunk(chunk, first_line, src.progress)
+            if batch is not None:
+                yield batch
+                continue
+        yield _slow_chunk(chunk, first_line, norm, src.progress)
+
+
+def _fast_chunk(chunk: bytes, first_line: int, progress: float) -> Batch | None:
+    """Decode a whole chunk in one call; None if anything in it needs the careful path.
+
+    The types of known metadata keys are checked later, in the segment writer (see segments.py).
+    """
+    body = chunk.rstrip(b"\r\n")
+    if not body:
+        return None
+    try:
+        rows = _fast_rows.decode(b"[" + body.replace(b"\n", b",") + b"]")
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        return None
+    row_ids = [r.row_id for r in rows]
+    prompts = [r.prompt for r in rows]
+    metas = [bytes(r.metadata) for r in rows]
+    if "" in row_ids or b"null" in metas:
+        return None  # an empty row id, null metadata: let the careful path handle them
+    is_msgs = [type(p) is list for p in prompts]
+    if any(is_msgs):
+        for i, p in enumerate(prompts):
+            if is_msgs[i]:
+                if check_messages(p):
+                    return None
+                prompts[i] = _encode(p).decode()
+    t = pa.table(
+        [
+            pa.array(row_ids, pa.string()),
+            pa.array(prompts, pa.string()),
+            pa.array(is_msgs, pa.bool_()),
+            pa.array([r.response for r in rows], pa.string()),
+            pa.array(metas, pa.binary()).view(pa.string()),  # msgspec has checked the UTF-8 already
+        ],
+        schema=BATCH_SCHEMA,
+    )
+    return Batch(t, np.arange(first_line, first_line + len(rows), dtype=np.int64), progress)
+
+
+def _slow_chunk(chunk: bytes, first_line: int, norm: Normaliser, progress: float) -> Batch:
+    b = _Builder()
+    for i, raw in enumerate(chunk.split(b"\n")):
+        line = first_line + i
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            norm.errors(line, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+            continue
+        try:
+            rec = _decode_any(text)
+        except msgspec.DecodeError as e:
+            norm.errors(line, f"malformed JSON: {e}")
+            continue
+        norm.add(rec, line, b)
+    return b.batch(progress)
+
+
+def sniff_jsonl(path: str | os.PathLike[str]) -> Literal["jsonl", "openai"]:
+    """'openai' when the first record is an OpenAI chat example ({"messages": [...]}) without a prompt."""
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                try:
+                    rec = json.loads(raw)
+                except (ValueError, UnicodeDecodeError):
+                    return "jsonl"  # the reader names the problem
+                return "openai" if isinstance(rec, dict) and "messages" in rec and "prompt" not in rec else "jsonl"
+    return "jsonl"
+
+
+# ---------------------------------------------------------------------------------------------------
+# CSV
+
+
+def read_csv(src: SourceFile, mapping: Mapping, errors: Errors, *, batch_rows: int = 50_000) -> Iterator[Batch]:
+    norm = Normaliser(mapping, errors)
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    state = {"line": 0}
+
+    def lines() -> Iterator[str]:
+        with open(src.path, "rb") as f:
+            for raw in f:
+                src.sha256.update(raw)
+                src.bytes_read += len(raw)
+                state["line"] += 1
+                try:
+                    yield decoder.decode(raw)
+                except UnicodeDecodeError as e:
+                    raise InvalidInput(
+                        f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})",
+                        file=src.name,
+                        line=state["line"],
+                    ) from None
+
+    reader = csv.reader(lines(), strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as e:
+        raise InvalidInput(f"malformed CSV: {e}", file=src.name, line=state["line"]) from None
+    if header and header[0].startswith("\ufeff"):
+        header[0] = header[0][1:]
+    for col in (mapping.prompt, mapping.response):
+        if col not in header:
+            raise InvalidInput(
+                f"no column {col!r} (columns: {', '.join(header)}); name the columns with prompt_field= and response_field=",
+                file=src.name,
+                line=1,
+            )
+    if len(set(header)) != len(header):
+        raise InvalidInput("repeated column names in the header", file=src.name, line=1)
+    b = _Builder()
+    start = state["line"] + 1
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            errors(start, f"malformed CSV: {e}")
+            start = state["line"] + 1
+            continue
+        where = start
+        start = state["line"] + 1
+        if not values or values == [""]:
+            continue
+        if len(values) != len(header):
+            errors(where, f"expected {len(header)} fields, found {len(values)}")
+            continue
+        rec: dict[str, Any] = dict(zip(header, values, strict=True))
+        if rec[mapping.prompt] == "":
+            errors(where, f"missing prompt (column {mapping.prompt!r} is empty)")
+            continue
+        if "metadata" in rec:
+            raw_meta = rec["metadata"]
+            try:
+                rec["metadata"] = json.loads(raw_meta) if raw_meta else {}
+            except ValueError:
+                errors(where, "column 'metadata' must hold a JSON object")
+                continue
+        if rec.get(mapping.row_id_field) == "":
+            rec.pop(mapping.row_id_field)
+        norm.add(rec, where, b)
+        if len(b) >= batch_rows:
+            yield b.batch(src.progress)
+            b = _Builder()
+    if len(b):
+        yield b.batch(src.progress)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Columnar sources: Parquet, Arrow, Hugging Face folders
+
+
+def _check_columns(schema: pa.Schema, mapping: Mapping, name: str, chat: bool) -> None:
+    names = schema.names
+    if chat:
+        if "messages" not in names:
+            raise InvalidInput(f"no column 'messages' (columns: {', '.join(names)})", file=name)
+        return
+    for col, what in ((mapping.prompt, "prompt"), (mapping.response, "response")):
+        if col not in names:
+            raise InvalidInput(
+                f"no {what} column {col!r} (columns: {', '.join(names)}); choose one with {what}_field=", file=name
+            )
+    rt = schema.field(mapping.response).type
+    if not (pa.types.is_string(rt) or pa.types.is_large_string(rt)):
+        raise InvalidInput(
+            f"column {mapping.response!r} has type {rt}; the response must be a string column "
+            "(opentracy does not convert types silently)",
+            file=name,
+        )
+    pt = schema.field(mapping.prompt).type
+    if not (pa.types.is_string(pt) or pa.types.is_large_string(pt) or pa.types.is_list(pt) or pa.types.is_large_list(pt)):
+        raise InvalidInput(
+            f"column {mapping.prompt!r} has type {pt}; the prompt must be a string or a list of chat messages",
+            file=name,
+        )
+
+
+def read_tables(
+    tables: Iterator[tuple[pa.RecordBatch, float]],
+    schema: pa.Schema,
+    name: str,
+    mapping: Mapping,
+    errors: Errors,
+    *,
+    chat: bool = False,
+) -> Iterator[Batch]:
+    """Rows from Arrow record batches (Parquet, Arrow, HF). Row numbers count from 1 across the source."""
+    _check_columns(schema, mapping, name, chat)
+    norm = Normaliser(mapping, errors, chat=chat)
+    row = 0
+    for rb, progress in tables:
+        b = _Builder()
+        meta_is_text = "metadata" in rb.schema.names and pa.types.is_string(rb.schema.field("metadata").type)
+        for rec in rb.to_pylist():
+            row += 1
+            if meta_is_text and isinstance(rec.get("metadata"), str):
+                try:
+                    rec["metadata"] = json.loads(rec["metadata"]) if rec["metadata"] else {}
+                except ValueError:
+                    errors(row, "column 'metadata' must hold a JSON object")
+                    continue
+            if isinstance(rec.get("metadata"), dict):
+                rec["metadata"] = {k: v for k, v in rec["metadata"].items() if v is not None}
+            prompt = rec.get(mapping.prompt)
+            if isinstance(prompt, list):  # Arrow structs come back with every field, null where absent
+                rec[mapping.prompt] = [{k: v for k, v in m.items() if v is not None} for m in prompt]
+            norm.add(rec, row, b)
+        yield b.batch(progress)
+
+
+def parquet_batches(path: Path, batch_rows: int = 50_000) -> tuple[pa.Schema, Iterator[tuple[pa.RecordBatch, float]]]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    total = pf.metadata.num_rows or 1
+
+    def gen() -> Iterator[tuple[pa.RecordBatch, float]]:
+        done = 0
+        for rb in pf.iter_batches(batch_size=batch_rows):
+            done += rb.num_rows
+            yield rb, done / total
+
+    return pf.schema_arrow, gen()
+
+
+def _arrow_file_batches(paths: list[Path]) -> tuple[pa.Schema, Iterator[tuple[pa.RecordBatch, float]]]:
+    """Arrow IPC files or streams (what `datasets.save_to_disk` writes), in order."""
+
+    def open_reader(p: Path) -> Any:
+        f = pa.memory_map(str(p))
+        try:
+            return pa.ipc.open_stream(f)
+        except pa.ArrowInvalid:
+            return pa.ipc.open_file(f)
+
+    first = open_reader(paths[0])
+    schema = first.schema
+
+    def gen() -> Iterator[tuple[pa.RecordBatch, float]]:
+        for i, p in enumerate(paths):
+            r = first if i == 0 else open_reader(p)
+            batches = r if hasattr(r, "read_next_batch") and not hasattr(r, "num_record_batches") else (
+                r.get_batch(j) for j in range(r.num_record_batches)
+            )
+            for rb in batches:
+                yield rb, i / len(paths)
+
+    return schema, gen()
+
+
+def _concat_parquet(paths: list[Path]) -> tuple[pa.Schema, Iterator[tuple[pa.RecordBatch, float]]]:
+    import pyarrow.parquet as pq
+
+    schema = pq.ParquetFile(paths[0]).schema_arrow
+
+    def gen() -> Iterator[tuple[pa.RecordBatch, float]]:
+        for i, p in enumerate(paths):
+            for rb in pq.ParquetFile(p).iter_batches(batch_size=50_000):
+                yield rb, i / len(paths)
+
+    return schema, gen()
+
+
+def hf_splits(folder: Path) -> dict[str, list[Path]]:
+    """The splits of a Hugging Face dataset folder and the data files of each, in order."""
+    if (folder / "dataset_dict.json").exists():
+        splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+        return {s: _saved_files(folder / s) for s in splits}
+    if (folder / "state.json").exists():
+        return {"train": _saved_files(folder)}
+    # A plain folder of parquet/arrow files, as on the Hub: split folders or `{split}-00000-of-00001.parquet`.
+    files = sorted(p for p in folder.rglob("*") if p.suffix in (".parquet", ".arrow") and p.is_file())
+    if not files:
+        raise InvalidInput("no dataset found: expected a `save_to_disk` folder or .parquet/.arrow files", file=str(folder))
+    out: dict[str, list[Path]] = {}
+    for p in files:
+        rel = p.relative_to(folder).parts
+        split = None
+        for part in rel[:-1]:
+            if part in ("train", "test", "validation", "valid", "dev", "eval"):
+                split = part
+        if split is None:
+            stem = p.stem.split("-")[0].split(".")[0]
+            split = stem if stem in ("train", "test", "validation", "valid", "dev", "eval") else "train"
+        out.setdefault(split, []).append(p)
+    return out
+
+
+def _saved_files(d: Path) -> list[Path]:
+    state = json.loads((d / "state.json").read_text())
+    return [d / f["filename"] for f in state["_data_files"]]
+
+
+def hf_batches(folder: Path, split: str | None) -> tuple[str, pa.Schema, Iterator[tuple[pa.RecordBatch, float]]]:
+    splits = hf_splits(folder)
+    if split is None:
+        if len(splits) == 1:
+            split = next(iter(splits))
+        elif "train" in splits:
+            split = "train"
+        else:
+            raise InvalidInput(f"choose a split with split= (this dataset has: {', '.join(splits)})", file=str(folder))
+    if split not in splits:
+        raise InvalidInput(f"no split {split!r} (this dataset has: {', '.join(splits)})", file=str(folder))
+    files = splits[split]
+    if files[0].suffix == ".parquet":
+        schema, gen = _concat_parquet(files)
+    else:
+        schema, gen = _arrow_file_batches(files)
+    return split, schema, gen
+
+
+def hub_batches(repo_id: str, split: str | None) -> tuple[str, pa.Schema, Iterator[tuple[pa.RecordBatch, float]]]:
+    """A dataset from the Hugging Face Hub (needs the network and the `datasets` package)."""
+    try:
+        import datasets
+    except ImportError:
+        raise InvalidInput("loading from the Hugging Face Hub needs `pip install opentracy[hf]`", file=repo_id) from None
+    try:
+        ds = datasets.load_dataset(repo_id, split=split or "train")
+    except Exception as e:  # network, auth, unknown repo: all become one clear message
+        raise InvalidInput(f"could not load {repo_id!r} from the Hugging Face Hub: {e}", file=repo_id) from None
+    table = ds.data.table
+    total = max(1, len(table))
+
+    def gen() -> Iterator[tuple[pa.RecordBatch, float]]:
+        done = 0
+        for rb in table.to_batches(max_chunksize=50_000):
+            done += rb.num_rows
+            yield rb, done / total
+
+    return split or "train", table.schema, gen()
+
+
+def detect_format(path: Path, fmt: str | None) -> str:
+    if fmt:
+        fmt = fmt.lower()
+        aliases = {"json": "jsonl", "ndjson": "jsonl", "chat": "openai", "huggingface": "hf", "arrow": "hf"}
+        fmt = aliases.get(fmt, fmt)
+        if fmt not in FORMATS:
+            raise InvalidInput(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        return fmt
+    if path.is_dir():
+        return "hf"
+    suffix = "".join(path.suffixes[-1:]).lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return sniff_jsonl(path)
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix == ".arrow":
+        return "hf"
+    raise InvalidInput(
+        f"cannot tell the format from the name {path.name!r}; pass format= (one of {', '.join(FORMATS)})",
+        file=path.name,
+    )
+
+
+@dataclass
+class OpenedSource:
+    format: str
+    batches: Iterator[Batch]
+    errors: Errors
+    file: SourceFile | None
+    split: str | None = None
+
+    def sha256(self) -> str | None:
+        return self.file.sha256.hexdigest() if self.file is not None else None
+
+
+def open_source(
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    mapping: Mapping | None = None,
+    split: str | None = None,
+    on_error: OnError = "raise",
+    display_name: str | None = None,
+    chunk_bytes: int = 4 << 20,
+) -> OpenedSource:
+    """Open any supported source as a stream of row batches (nothing is read until iterated)."""
+    mapping = mapping or Mapping()
+    if on_error not in ("raise", "skip"):
+        raise InvalidInput(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    p = Path(path)
+    name = display_name or p.name
+    if not p.exists():
+        if format in (None, "hf") and "/" in str(path) and not str(path).startswith((".", "/")):
+            errs = Errors(str(path), on_error, "row")
+            split, schema, gen = hub_batches(str(path), split)
+            return OpenedSource("hf", read_tables(gen, schema, str(path), mapping, errs), errs, None, split)
+        raise InvalidInput("no such file", file=str(path))
+    fmt = detect_format(p, format)
+    if fmt in ("jsonl", "openai"):
+        src = SourceFile(p, name)
+        errs = Errors(name, on_error, "line")
+        return OpenedSource(fmt, read_jsonl(src, mapping, errs, chat=fmt == "openai", chunk_bytes=chunk_bytes), errs, src)
+    if fmt == "csv":
+        src = SourceFile(p, name)
+        errs = Errors(name, on_error, "line")
+        return OpenedSource(fmt, read_csv(src, mapping, errs), errs, src)
+    if fmt == "parquet":
+        if p.is_dir():
+            fmt = "hf"
+        else:
+            src = SourceFile(p, name)
+            errs = Errors(name, on_error, "row")
+            try:
+                schema, gen = parquet_batches(p)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise InvalidInput(f"not a readable Parquet file: {e}", file=name) from None
+            chat = "messages" in schema.names and mapping.prompt not in schema.names
+            hashed = _hashing(gen, src)
+            return OpenedSource(fmt, read_tables(hashed, schema, name, mapping, errs, chat=chat), errs, src)
+    errs = Errors(name, on_error, "row")
+    split, schema, gen = hf_batches(p, split)
+    chat = "messages" in schema.names and mapping.prompt not in schema.names
+    return OpenedSource("hf", read_tables(gen, schema, f"{name} [{split}]", mapping, errs, chat=chat), errs, None, split)
+
+
+def _hashing(gen: Iterator[tuple[pa.RecordBatch, float]], src: SourceFile) -> Iterator[tuple[pa.RecordBatch, float]]:
+    """Hash a file read by another library (Parquet) once it has been read through."""
+    yield from gen
+    with open(src.path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            src.sha256.update(chunk)
+            src.bytes_read += len(chunk)
+

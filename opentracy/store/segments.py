@@ -1,0 +1,333 @@
+"""Dataset rows in immutable Parquet segments.
+
+A segment is a zstd Parquet file in the artifact store, named by its sha256. A version's manifest is an
+ordered list of segments. "base" segments hold rows with distinct `row_id`s; "delta" segments (edits,
+deletes) may repeat a `row_id` from an earlier segment and win over it (newest first), a delete being a
+tombstone row with `deleted = true`. Reads merge them in DuckDB. Freezing compacts a manifest with deltas
+into one base segment.
+
+Columns: row_id, ord (int64 sort key: the order rows were added in), prompt (text, or JSON of chat
+messages when prompt_messages is true), prompt_messages, response, metadata (JSON object text), row_hash
+(16 bytes, md5 of the row's content), deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from opentracy.errors import OpentracyError
+from opentracy.store.artifacts import ArtifactStore
+
+INPUT_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.string()),
+        ("ord", pa.int64()),
+        ("prompt", pa.string()),
+        ("prompt_messages", pa.bool_()),
+        ("response", pa.string()),
+        ("metadata", pa.string()),
+        ("deleted", pa.bool_()),
+    ]
+)
+SEGMENT_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.string()),
+        ("ord", pa.int64()),
+        ("prompt", pa.string()),
+        ("prompt_messages", pa.bool_()),
+        ("response", pa.string()),
+        ("metadata", pa.string()),
+        ("row_hash", pa.binary()),
+        ("deleted", pa.bool_()),
+    ]
+)
+ROW_COLUMNS = "row_id, ord, prompt, prompt_messages, response, metadata, row_hash"
+
+# The row hash covers everything a row says, and nothing about where it is stored.
+_HASH_SQL = (
+    "unhex(md5(row_id || chr(0) || CASE WHEN prompt_messages THEN 'm' ELSE 's' END || chr(0) || prompt"
+    " || chr(0) || response || chr(0) || metadata))"
+)
+ROW_GROUP_ROWS = 65_536
+
+# Types of the metadata keys the spec names, checked in DuckDB (one JSON parse a row, no GIL held).
+_META_PATHS = "['$.source_trace_id', '$.teacher_model', '$.judge_score', '$.cluster_id', '$.tags']"
+_META_PROBLEM_SQL = """CASE
+  WHEN deleted THEN NULL
+  WHEN left(metadata, 1) <> '{' OR json_type(metadata) <> 'OBJECT' THEN 'metadata must be an object'
+  WHEN json_type(_m[1]) NOT IN ('VARCHAR', 'NULL') THEN 'metadata.source_trace_id must be a string'
+  WHEN json_type(_m[2]) NOT IN ('VARCHAR', 'NULL') THEN 'metadata.teacher_model must be a string'
+  WHEN json_type(_m[3]) NOT IN ('DOUBLE', 'BIGINT', 'UBIGINT', 'NULL') THEN 'metadata.judge_score must be a number'
+  WHEN json_type(_m[4]) NOT IN ('VARCHAR', 'BIGINT', 'UBIGINT', 'NULL')
+    THEN 'metadata.cluster_id must be an integer or a string'
+  WHEN json_type(_m[5]) NOT IN ('ARRAY', 'NULL') OR (json_type(_m[5]) = 'ARRAY' AND NOT coalesce(
+    list_bool_and(list_transform(json_extract(_m[5], '$[*]'), lambda x: json_type(x) = 'VARCHAR')), true))
+    THEN 'metadata.tags must be a list of strings'
+  END"""
+
+
+def duck(threads: int | None = None, memory_limit: str = "1GB") -> duckdb.DuckDBPyConnection:
+    """A fresh in-process DuckDB connection with bounded memory."""
+    con = duckdb.connect(config={"memory_limit": memory_limit, "preserve_insertion_order": True})
+    if threads:
+        con.execute(f"SET threads={int(threads)}")
+    return con
+
+
+def generated_row_id_sql(salt: str) -> str:
+    # Deterministic for a dataset and position: the same upload into the same dataset yields the same ids.
+    return f"'r_' || substr(md5('{salt}:' || CAST(ord AS VARCHAR)), 1, 16)"
+
+
+@dataclass
+class SegmentInfo:
+    key: str
+    sha256: str
+    rows: int
+    bytes: int
+    kind: str = "base"  # base | delta
+    deletes: int = 0
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"key": self.key, "sha256": self.sha256, "rows": self.rows, "bytes": self.bytes, "kind": self.kind}
+
+
+class _Stop:
+    pass
+
+
+_STOP = _Stop()
+
+
+@dataclass
+class SegmentWriter:
+    """Writes Arrow tables (INPUT_SCHEMA) into one Parquet segment through a 3-stage pipeline.
+
+    The caller's thread decodes and calls `add()`; a hashing thread fills generated row ids and row
+    hashes in DuckDB; a writing thread compresses and writes row groups. Both threads spend their time
+    in native code that releases the GIL, so decoding overlaps hashing and writing on two cores.
+    """
+
+    artifacts: ArtifactStore
+    id_salt: str
+    kind: str = "base"
+    rows: int = 0
+    deletes: int = 0
+    _rid_hashes: list[np.ndarray] = field(default_factory=list)
+    _ords: list[np.ndarray] = field(default_factory=list)
+    # (ord, problem) for rows whose metadata has a known key of the wrong type
+    problems: list[tuple[int, str]] = field(default_factory=list)
+    # distinct metadata.cluster_id values, as JSON text
+    cluster_ids: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._path = str(self.artifacts.scratch_dir() / f"seg-{uuid.uuid4().hex}.parquet")
+        self._q_hash: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._q_write: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._writer: pq.ParquetWriter | None = None
+        self._t_hash = threading.Thread(target=self._hash_loop, name="segment-hash", daemon=True)
+        self._t_write = threading.Thread(target=self._write_loop, name="segment-write", daemon=True)
+        self._t_hash.start()
+        self._t_write.start()
+        self._closed = False
+
+    # stage 2
+    def _hash_loop(self) -> None:
+        con = duck(threads=1, memory_limit="256MB")
+        gen = generated_row_id_sql(self.id_salt)
+        # Only derived columns come back from DuckDB; the big text columns pass through untouched.
+        sql = (
+            f"SELECT row_id, {_HASH_SQL} AS row_hash, hash(row_id) AS _rid, {_META_PROBLEM_SQL} AS _problem,"
+            " CAST(_m[4] AS VARCHAR) AS _cluster"
+            f" FROM (SELECT COALESCE(row_id, {gen}) AS row_id, prompt, prompt_messages, response, metadata, deleted,"
+            f" json_extract(metadata, {_META_PATHS}) AS _m FROM b)"
+        )
+        try:
+            while True:
+                b = self._q_hash.get()
+                if b is _STOP:
+                    break
+                if self._error is not None:
+                    continue
+                res = con.sql(sql).to_arrow_table()
+                # Copies: a view would keep the whole batch alive (Arrow's release callback is per batch).
+                self._rid_hashes.append(np.array(res.column("_rid").to_numpy(), dtype=np.uint64, copy=True))
+                if res.column("_problem").null_count < res.num_rows:
+                    ords = b.column("ord").to_pylist()
+                    for i, p in enumerate(res.column("_problem").to_pylist()):
+                        if p is not None:
+                            self.problems.append((int(ords[i]), str(p)))
+                if res.column("_cluster").null_count < res.num_rows:
+                    for (c,) in con.sql("SELECT DISTINCT _cluster FROM res WHERE _cluster IS NOT NULL").fetchall():
+                        if c != "null":
+                            self.cluster_ids.add(c)
+                out = pa.table(
+                    [
+                        res.column("row_id"),
+                        b.column("ord"),
+                        b.column("prompt"),
+                        b.column("prompt_messages"),
+                        b.column("response"),
+                        b.column("metadata"),
+                        res.column("row_hash"),
+                        b.column("deleted"),
+                    ],
+                    schema=SEGMENT_SCHEMA,
+                )
+                self._ords.append(np.array(out.column("ord").to_numpy(), dtype=np.int64, copy=True))
+                self._q_write.put(out)
+        except BaseException as e:  # handed to the caller's thread by add()/close()
+            self._error = e
+        finally:
+            con.close()
+            self._q_write.put(_STOP)
+
+    # stage 3
+    def _write_loop(self) -> None:
+        try:
+            while True:
+                t = self._q_write.get()
+                if t is _STOP:
+                    break
+                if self._error is not None:
+                    continue
+                if self._writer is None:
+                    self._writer = pq.ParquetWriter(
+                        self._path,
+                        SEGMENT_SCHEMA,
+                        compression="zstd",
+                        use_dictionary=["response", "prompt_messages", "deleted"],
+                        write_statistics=["row_id", "ord", "deleted"],
+                    )
+                self._writer.write_table(t, row_group_size=ROW_GROUP_ROWS)
+        except BaseException as e:
+            self._error = e
+
+    def add(self, table: pa.Table) -> None:
+        if self._error is not None:
+            raise self._error
+        if table.num_rows == 0:
+            return
+        self.rows += table.num_rows
+        if self.kind == "delta":
+            self.deletes += int(pa.compute.sum(table.column("deleted")).as_py() or 0)
+        self._q_hash.put(table.cast(INPUT_SCHEMA))
+
+    def _finish_threads(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._q_hash.put(_STOP)
+            self._t_hash.join()
+            self._t_write.join()
+            if self._writer is not None:
+                self._writer.close()
+
+    def close(self) -> SegmentInfo:
+        """Finish writing and move the file into the store under its content address."""
+        self._finish_threads()
+        if self._error is not None:
+            self.abort()
+            raise self._error
+        if self._writer is None:  # no rows: still a valid, empty segment
+            pq.write_table(SEGMENT_SCHEMA.empty_table(), self._path, compression="zstd")
+        key, digest, size = self.artifacts.put_file(self._path, prefix="segments", suffix=".parquet")
+        return SegmentInfo(key=key, sha256=digest, rows=self.rows, bytes=size, kind=self.kind, deletes=self.deletes)
+
+    def abort(self) -> None:
+        self._error = self._error or OpentracyError("segment write aborted")
+        self._finish_threads()
+        if os.path.exists(self._path):
+            os.unlink(self._path)
+
+    def row_id_hashes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(hash of row_id, ord) for every row written, to find duplicate ids without keeping the strings."""
+        if not self._rid_hashes:
+            return np.empty(0, np.uint64), np.empty(0, np.int64)
+        return np.concatenate(self._rid_hashes), np.concatenate(self._ords)
+
+
+def write_segment(
+    artifacts: ArtifactStore, tables: Iterable[pa.Table], *, id_salt: str, kind: str = "base"
+) -> SegmentInfo:
+    w = SegmentWriter(artifacts, id_salt=id_salt, kind=kind)
+    try:
+        for t in tables:
+            w.add(t)
+    except BaseException:
+        w.abort()
+        raise
+    return w.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass(frozen=True)
+class Manifest:
+    segments: tuple[dict[str, Any], ...]
+
+    @classmethod
+    def of(cls, raw: Sequence[dict[str, Any]]) -> Manifest:
+        return cls(tuple(dict(s) for s in raw))
+
+    @property
+    def has_deltas(self) -> bool:
+        return any(s.get("kind") == "delta" for s in self.segments)
+
+
+def _sql_list(items: Sequence[str]) -> str:
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in items) + "]"
+
+
+def version_sql(artifacts: ArtifactStore, manifest: Manifest, *, verify: bool, columns: str = ROW_COLUMNS) -> str:
+    """SQL for the merged, live rows of a manifest (without ordering)."""
+    if not manifest.segments:
+        return f"SELECT {columns} FROM (SELECT * FROM (SELECT NULL::VARCHAR AS row_id, NULL::BIGINT AS ord, NULL::VARCHAR AS prompt, NULL::BOOLEAN AS prompt_messages, NULL::VARCHAR AS response, NULL::VARCHAR AS metadata, NULL::BLOB AS row_hash) WHERE false)"
+    paths = [
+        artifacts.verify(s["key"], s.get("sha256")) if verify else artifacts.local_path(s["key"]) for s in manifest.segments
+    ]
+    if not manifest.has_deltas:
+        return f"SELECT {columns} FROM read_parquet({_sql_list(paths)})"
+    return (
+        f"SELECT {columns} FROM (SELECT *, list_position({_sql_list(paths)}, filename) AS _seg "
+        f"FROM read_parquet({_sql_list(paths)}, filename = true) "
+        "QUALIFY row_number() OVER (PARTITION BY row_id ORDER BY _seg DESC) = 1) WHERE NOT deleted"
+    )
+
+
+def content_hash(con: duckdb.DuckDBPyConnection, rows_sql: str) -> tuple[str, int]:
+    """sha256 over (row_id, row_hash) in row order: the identity of a version's content."""
+    h = hashlib.sha256()
+    n = 0
+    reader = con.sql(
+        f"SELECT row_id || ':' || hex(row_hash) || chr(10) AS line FROM ({rows_sql}) ORDER BY ord"
+    ).to_arrow_reader(batch_size=200_000)
+    for batch in reader:
+        col = batch.column(0)
+        n += len(col)
+        # Arrow's string buffer holds the lines back to back: hash it without making Python strings.
+        bufs = col.buffers()
+        offs = np.frombuffer(bufs[1], dtype=np.int32)[col.offset : col.offset + len(col) + 1]
+        h.update(memoryview(bufs[2])[int(offs[0]) : int(offs[-1])])
+    return "sha256:" + h.hexdigest(), n
+
+
+def iter_batches(con: duckdb.DuckDBPyConnection, sql: str, batch_size: int = 50_000) -> Iterator[pa.RecordBatch]:
+    yield from con.sql(sql).to_arrow_reader(batch_size=batch_size)
+
+
+ProgressFn = Callable[[float, str], None]

@@ -1,0 +1,85 @@
+"""Catalog tables (SQLAlchemy 2.0 style). Rows of datasets are not here: they live in Parquet segments."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class DatasetRecord(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True, nullable=False)
+    description: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    # Each write to any version takes the next number; a row's `ord` is (write_seq << 32) | position,
+    # so rows keep the order they were added in across versions and edits.
+    write_seq: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+class VersionRecord(Base):
+    __tablename__ = "dataset_versions"
+    __table_args__ = (Index("ix_dataset_versions_dataset_number", "dataset_id", "number", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False)
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # active | frozen
+    parent_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    row_count: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    content_hash: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    # Ordered list of segments: [{"key", "rows", "bytes", "kind": "base"|"delta"}]
+    manifest: Mapped[list[Any]] = mapped_column(JSON, default=list, nullable=False)
+    # How the version was made: a list of steps, oldest first ({"kind": "upload", "file", "sha256", ...}).
+    provenance: Mapped[list[Any]] = mapped_column(JSON, default=list, nullable=False)
+    # Facts the warnings are derived from, kept current on every write: {"cluster_ids": [...], "curated": bool}
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    # Optimistic concurrency: every manifest change bumps it and checks the old value.
+    revision: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    frozen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class JobRecord(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status", "status"), Index("ix_jobs_created", "created_at"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(80), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # queued running succeeded failed cancelled
+    progress: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    message: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+class JobLogRecord(Base):
+    __tablename__ = "job_logs"
+    __table_args__ = (Index("ix_job_logs_job", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    level: Mapped[str] = mapped_column(String(10), default="info", nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
