@@ -553,7 +553,7 @@ def parquet_batches(path: Path, batch_rows: int = 50_000) -> tuple[pa.Schema, It
     return pf.schema_arrow, gen()
 
 
-def _arrow_file_batches(paths: list[Path]) -> tuple[pa.Schema, Iterator[tuple[pa.RecordBatch, float]]]:
+def arrow_file_batches(paths: list[Path]) -> tuple[pa.Schema, Iterator[tuple[pa.RecordBatch, float]]]:
     """Arrow IPC files or streams (what `datasets.save_to_disk` writes), in order."""
 
     def open_reader(p: Path) -> Any:
@@ -636,7 +636,7 @@ def hf_batches(folder: Path, split: str | None) -> tuple[str, pa.Schema, Iterato
     if files[0].suffix == ".parquet":
         schema, gen = _concat_parquet(files)
     else:
-        schema, gen = _arrow_file_batches(files)
+        schema, gen = arrow_file_batches(files)
     return split, schema, gen
 
 

@@ -149,8 +149,15 @@ class DatasetService:
         return rec
 
     def _version(self, s: Any, ds: DatasetRecord, ref: int | str | None) -> VersionRecord:
-        number = parse_version_ref(ds.name, ref)
         q = select(VersionRecord).where(VersionRecord.dataset_id == ds.id)
+        if ref == "active":
+            v = s.scalar(q.where(VersionRecord.status == "active"))
+            if v is None:
+                raise NotFound(
+                    f"dataset {ds.name!r} has no active version; start one with `opentracy datasets new-version {ds.name}`"
+                )
+            return v
+        number = parse_version_ref(ds.name, ref)
         if number is None:
             v = s.scalar(q.order_by(VersionRecord.number.desc()).limit(1))
             if v is None:
@@ -366,8 +373,9 @@ class DatasetService:
             ds.updated_at = now
             s.flush()
             s.refresh(v)
-            progress(1.0, "frozen")
-            return self._info(ds, v)
+            info = self._info(ds, v)
+        progress(1.0, "frozen")  # outside the transaction: progress writes to the catalog too
+        return info
 
     def _compact(self, con: Any, rows_sql: str) -> SegmentInfo:
         """Write the live rows of a manifest, in order, as one base segment."""
@@ -783,6 +791,7 @@ class DatasetService:
         display_name: str | None = None,
         progress: ProgressFn | None = None,
         cancelled: Callable[[], bool] | None = None,
+        job_id: str | None = None,
     ) -> UploadResult:
         """Read a file into the dataset's active version (creating the dataset if needed). All or nothing."""
         t0 = time.perf_counter()
@@ -879,6 +888,8 @@ class DatasetService:
                 },
                 "at": _now_iso(),
             }
+            if job_id:
+                step["job_id"] = job_id
             clusters = sorted(json.loads(c) for c in writer.cluster_ids) if len(writer.cluster_ids) < 10_000 else []
             info = self._commit_upload(name, dsid, description, target, seg, step, clusters)
         except BaseException:
@@ -896,6 +907,56 @@ class DatasetService:
             format=src.format,
             seconds=round(time.perf_counter() - t0, 3),
         )
+
+    def find_job_step(self, name: str, job_id: str) -> dict[str, Any] | None:
+        """The result of an upload job that already committed (found by its provenance step), if any."""
+        with self.catalog.session() as s:
+            ds = s.scalar(select(DatasetRecord).where(DatasetRecord.name == name))
+            if ds is None:
+                return None
+            for v in s.scalars(select(VersionRecord).where(VersionRecord.dataset_id == ds.id)).all():
+                for step in v.provenance or []:
+                    if step.get("job_id") == job_id:
+                        info = self._info(ds, v)
+                        return {
+                            "dataset": name,
+                            "version": info.model_dump(mode="json"),
+                            "rows_added": step.get("rows", 0),
+                            "skipped": step.get("skipped", 0),
+                            "skipped_items": [],
+                            "file": step.get("file"),
+                            "sha256": step.get("sha256"),
+                            "format": step.get("format"),
+                            "seconds": 0.0,
+                        }
+        return None
+
+    # ------------------------------------------------------------------------------------------
+    # export
+
+    def export(self, name: str, version: int | str | None, fmt: str, dest: str | Path) -> int:
+        """Write a version to a file (jsonl, openai, csv, parquet); returns the row count."""
+        from opentracy.datasets.export import check_format, write_export
+
+        return write_export(self.iter_arrow(name, version), check_format(fmt), dest)
+
+    def export_bytes(self, name: str, version: int | str | None, fmt: str) -> Iterator[bytes]:
+        from opentracy.datasets.export import check_format, iter_export
+
+        self.version(name, version)  # fail before streaming starts
+        return iter_export(self.iter_arrow(name, version), check_format(fmt))
+
+    def to_hf(
+        self, name: str, version: int | str | None = None, *, test_size: float | int | None = None, seed: int = 0
+    ) -> Any:
+        """The version as a `datasets.Dataset`, or a train/validation `DatasetDict` when test_size is given."""
+        from opentracy.datasets.export import to_hf
+
+        batches = list(self.iter_arrow(name, version))
+        table = pa.Table.from_batches(batches) if batches else pa.table(
+            {c: pa.array([], t) for c, t in [("row_id", pa.string()), ("ord", pa.int64()), ("prompt", pa.string()), ("prompt_messages", pa.bool_()), ("response", pa.string()), ("metadata", pa.string())]}
+        )
+        return to_hf(table, test_size=test_size, seed=seed)
 
     def _discard(self, seg: SegmentInfo) -> None:
         with self.catalog.session() as s:

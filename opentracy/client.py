@@ -1,0 +1,513 @@
+"""The Distiller HTTP client.
+
+    from opentracy import Distiller
+
+    d = Distiller(base_url="http://localhost:8000")
+    dataset = d.upload_dataset(name="invoice-extraction-v1", path="./data/invoices.jsonl")
+    for row in dataset.rows():
+        print(row.row_id, row.prompt, row.response, row.metadata)
+
+Long operations (upload, freeze) run as jobs on the server; the client waits for them with a progress bar
+and returns the result, or returns the `Job` at once with `wait=False`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+from opentracy import errors
+
+DEFAULT_URL = "http://localhost:8000"
+_ERRORS: dict[str, type[errors.OpentracyError]] = {
+    "not_found": errors.NotFound,
+    "conflict": errors.Conflict,
+    "invalid_input": errors.InvalidInput,
+    "unauthorized": errors.Unauthorized,
+    "integrity_error": errors.IntegrityError,
+    "cancelled": errors.Cancelled,
+}
+
+
+class ServerUnreachable(errors.OpentracyError):
+    code = "unreachable"
+
+
+def _raise_for(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        err = resp.json().get("error", {})
+    except ValueError:
+        err = {}
+    code = err.get("code", "error")
+    message = err.get("message") or f"HTTP {resp.status_code}: {resp.text[:200]}"
+    cls = _ERRORS.get(code, errors.OpentracyError)
+    e = cls.__new__(cls)
+    errors.OpentracyError.__init__(e, message, **(err.get("details") or {}))
+    e.status_code = resp.status_code
+    raise e
+
+
+@dataclass(frozen=True)
+class Row:
+    row_id: str
+    prompt: str | list[dict[str, Any]]
+    response: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"row_id": self.row_id, "prompt": self.prompt, "response": self.response, "metadata": self.metadata}
+
+
+@dataclass(frozen=True)
+class DatasetWarning:
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    status: str
+    progress: float
+    message: str
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    _client: Distiller = field(repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("succeeded", "failed", "cancelled")
+
+    def refresh(self) -> Job:
+        return self._client.get_job(self.id)
+
+    def wait(self, progress: bool | None = None, timeout: float | None = None) -> Job:
+        return self._client.wait_job(self.id, progress=progress, timeout=timeout)
+
+    def cancel(self) -> Job:
+        return self._client.cancel_job(self.id)
+
+
+@dataclass
+class Dataset:
+    """A dataset at one version. `rows()` yields its rows in order, a page at a time."""
+
+    name: str
+    version: int
+    label: str
+    status: str
+    row_count: int
+    content_hash: str | None
+    warnings: list[DatasetWarning]
+    description: str = ""
+    ref: str = ""
+    parent: str | None = None
+    provenance: list[dict[str, Any]] = field(default_factory=list)
+    _client: Distiller | None = field(default=None, repr=False)
+
+    @classmethod
+    def _from(cls, client: Distiller, v: dict[str, Any], description: str = "") -> Dataset:
+        return cls(
+            name=v["dataset"],
+            version=v["number"],
+            label=v["label"],
+            status=v["status"],
+            row_count=v["row_count"],
+            content_hash=v.get("content_hash"),
+            warnings=[DatasetWarning(w["code"], w["message"]) for w in v.get("warnings", [])],
+            description=description,
+            ref=v.get("ref", v["label"]),
+            parent=v.get("parent"),
+            provenance=v.get("provenance", []),
+            _client=client,
+        )
+
+    @property
+    def _c(self) -> Distiller:
+        if self._client is None:
+            raise errors.OpentracyError("this Dataset is not attached to a client")
+        return self._client
+
+    def rows(
+        self,
+        *,
+        q: str | None = None,
+        tags: list[str] | None = None,
+        where: dict[str, str] | None = None,
+        page_size: int = 500,
+    ) -> Iterator[Row]:
+        return self._c.rows(self.name, self.version, q=q, tags=tags, where=where, page_size=page_size)
+
+    def refresh(self) -> Dataset:
+        return self._c.get_dataset(self.name, self.version)
+
+    def freeze(self, wait: bool = True) -> Dataset:
+        return self._c.freeze(self.name, self.version, wait=wait)  # type: ignore[return-value]
+
+    def new_version(self) -> Dataset:
+        return self._c.new_version(self.name, parent=self.version)
+
+    def export(self, path: str | os.PathLike[str], format: str = "jsonl") -> Path:
+        return self._c.export(self.name, path, format=format, version=self.version)
+
+    def to_hf(self, *, test_size: float | int | None = None, seed: int = 0) -> Any:
+        return self._c.to_hf(self.name, version=self.version, test_size=test_size, seed=seed)
+
+
+class _ReadCounter:
+    """A file wrapper that reports how much has been read (for the upload progress bar)."""
+
+    def __init__(self, f: BinaryIO, on_read: Any) -> None:
+        self._f = f
+        self._on_read = on_read
+
+    def read(self, n: int = -1) -> bytes:
+        b = self._f.read(n)
+        self._on_read(len(b))
+        return b
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(1 << 20):
+            yield chunk
+
+
+class Distiller:
+    """Client of an opentracy server."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float = 120.0,
+        progress: bool | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("OPENTRACY_API_KEY") or None
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        # Progress bars by default when a person is watching (stderr is a terminal).
+        self.progress = sys.stderr.isatty() if progress is None else progress
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Distiller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ----------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.ConnectError:
+            raise ServerUnreachable(
+                f"cannot reach the opentracy server at {self.base_url}: is `opentracy serve` running?"
+            ) from None
+        _raise_for(resp)
+        return resp
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        resp = self._request(method, path, **kw)
+        return resp.json() if resp.content else None
+
+    def _progress_bar(self, show: bool | None) -> Any:
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}"),
+            disable=not (self.progress if show is None else show),
+            transient=False,
+        )
+
+    # -- jobs --------------------------------------------------------------------------------------
+    def _job(self, d: dict[str, Any]) -> Job:
+        return Job(d["id"], d["kind"], d["status"], d["progress"], d["message"], d.get("result"), d.get("error"), self)
+
+    def get_job(self, job_id: str) -> Job:
+        return self._job(self._json("GET", f"/v1/jobs/{job_id}"))
+
+    def cancel_job(self, job_id: str) -> Job:
+        return self._job(self._json("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def job_logs(self, job_id: str) -> list[dict[str, Any]]:
+        return self._json("GET", f"/v1/jobs/{job_id}/logs")["items"]
+
+    def wait_job(self, job_id: str, *, progress: bool | None = None, timeout: float | None = None) -> Job:
+        """Wait for a job to end, showing its progress; raises the job's error if it failed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job = self.get_job(job_id)
+        with self._progress_bar(progress) as bar:
+            task = bar.add_task(job.kind, total=1.0, note=job.message)
+            delay = 0.05
+            while not job.done:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.5)
+                job = self.get_job(job_id)
+                bar.update(task, completed=job.progress, note=job.message)
+            bar.update(task, completed=1.0 if job.status == "succeeded" else job.progress, note=job.status)
+        if job.status == "failed" and job.error:
+            cls = _ERRORS.get(job.error.get("code", ""), errors.OpentracyError)
+            e = cls.__new__(cls)
+            errors.OpentracyError.__init__(e, job.error.get("message", "job failed"), **(job.error.get("details") or {}))
+            raise e
+        if job.status == "cancelled":
+            raise errors.Cancelled(f"job {job_id} was cancelled")
+        return job
+
+    # -- datasets ----------------------------------------------------------------------------------
+    def create_dataset(self, name: str, description: str = "") -> Dataset:
+        d = self._json("POST", "/v1/datasets", json={"name": name, "description": description})
+        return Dataset._from(self, d["latest"], d["description"])
+
+    def get_dataset(self, name: str, version: int | str | None = None) -> Dataset:
+        """A dataset at a version (default: its latest version)."""
+        if version is None:
+            d = self._json("GET", f"/v1/datasets/{name}")
+            if d["latest"] is None:
+                raise errors.NotFound(f"dataset {name!r} has no versions")
+            return Dataset._from(self, d["latest"], d["description"])
+        v = self._json("GET", f"/v1/datasets/{name}/versions/{version}")
+        return Dataset._from(self, v)
+
+    def list_datasets(self, q: str | None = None) -> list[Dataset]:
+        out: list[Dataset] = []
+        offset = 0
+        while True:
+            page = self._json("GET", "/v1/datasets", params={"limit": 200, "offset": offset, **({"q": q} if q else {})})
+            out += [Dataset._from(self, d["latest"], d["description"]) for d in page["items"] if d["latest"]]
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return out
+
+    def list_versions(self, name: str) -> list[Dataset]:
+        return [Dataset._from(self, v) for v in self._json("GET", f"/v1/datasets/{name}/versions")["items"]]
+
+    def delete_dataset(self, name: str, *, confirm: str) -> None:
+        """Delete a dataset and every version of it; `confirm` must repeat its name."""
+        self._request("DELETE", f"/v1/datasets/{name}", params={"confirm": confirm})
+
+    def upload_dataset(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        *,
+        format: str | None = None,
+        prompt_field: str | None = None,
+        response_field: str | None = None,
+        metadata_fields: list[str] | None = None,
+        split: str | None = None,
+        on_error: str = "raise",
+        description: str | None = None,
+        wait: bool = True,
+        progress: bool | None = None,
+    ) -> Dataset | Job:
+        """Upload a file (JSONL, OpenAI chat JSONL, CSV, Parquet) or a Hugging Face dataset (a folder from
+        `save_to_disk`, a folder of parquet/arrow files, or a Hub id) into a dataset.
+
+        The file's content is streamed to the server; the server never reads a path you name. Returns the
+        `Dataset` once the rows are committed, or the `Job` at once with `wait=False`.
+        """
+        p = Path(path)
+        tmp: Path | None = None
+        if p.is_dir() or p.suffix == ".arrow" or (not p.exists() and format in (None, "hf") and "/" in str(path)):
+            tmp, split_used = _hf_to_parquet(path, split)
+            p, format, split = tmp, "parquet", None
+            display = f"{Path(str(path)).name}[{split_used}].parquet"
+        else:
+            if not p.exists():
+                raise errors.InvalidInput("no such file", file=str(path))
+            display = p.name
+        data = {
+            k: v
+            for k, v in {
+                "format": format,
+                "prompt_field": prompt_field,
+                "response_field": response_field,
+                "split": split,
+                "on_error": on_error,
+                "description": description,
+            }.items()
+            if v is not None
+        }
+        if metadata_fields is not None:
+            import json
+
+            data["metadata_fields"] = json.dumps(list(metadata_fields))
+        try:
+            size = p.stat().st_size
+            with self._progress_bar(progress) as bar, open(p, "rb") as f:
+                task = bar.add_task(f"sending {display}", total=size, note="")
+                counted = _ReadCounter(f, lambda n: bar.advance(task, n))
+                resp = self._request(
+                    "POST",
+                    f"/v1/datasets/{name}/upload",
+                    files={"file": (display, counted, "application/octet-stream")},
+                    data=data,
+                    timeout=httpx.Timeout(None, connect=10.0),
+                )
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        job = self._job(resp.json())
+        if not wait:
+            return job
+        job = self.wait_job(job.id, progress=progress)
+        return Dataset._from(self, job.result["version"])  # type: ignore[index]
+
+    def freeze(self, name: str, version: int | str = "active", *, wait: bool = True, progress: bool | None = None) -> Dataset | Job:
+        """Freeze a version (default: the active one): it becomes immutable and gets its content hash."""
+        job = self._job(self._json("POST", f"/v1/datasets/{name}/versions/{version}/freeze"))
+        if not wait:
+            return job
+        job = self.wait_job(job.id, progress=progress)
+        return Dataset._from(self, job.result)  # type: ignore[arg-type]
+
+    def new_version(self, name: str, parent: int | str | None = None) -> Dataset:
+        """Start the next active version from a frozen parent (default: the latest version)."""
+        v = self._json("POST", f"/v1/datasets/{name}/versions", json={"parent": parent})
+        return Dataset._from(self, v)
+
+    def diff(self, name: str, a: int | str | None = None, b: int | str | None = None, *, limit: int = 1000) -> dict[str, Any]:
+        """Rows added, removed and changed from version a (default: b's parent) to b (default: latest)."""
+        params = {k: v for k, v in {"a": a, "b": b, "limit": limit}.items() if v is not None}
+        return self._json("GET", f"/v1/datasets/{name}/diff", params=params)
+
+    def rows(
+        self,
+        name: str,
+        version: int | str | None = None,
+        *,
+        q: str | None = None,
+        tags: list[str] | None = None,
+        where: dict[str, str] | None = None,
+        page_size: int = 500,
+    ) -> Iterator[Row]:
+        ver = version if version is not None else "latest"
+        params: dict[str, Any] = {"limit": page_size}
+        if q:
+            params["q"] = q
+        if tags:
+            params["tag"] = list(tags)
+        for k, v in (where or {}).items():
+            params[f"meta.{k}"] = v
+        cursor = None
+        while True:
+            page = self._json(
+                "GET", f"/v1/datasets/{name}/versions/{ver}/rows", params={**params, **({"cursor": cursor} if cursor else {})}
+            )
+            for r in page["rows"]:
+                yield Row(r["row_id"], r["prompt"], r["response"], r.get("metadata") or {})
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def get_row(self, name: str, row_id: str, version: int | str = "latest") -> Row:
+        r = self._json("GET", f"/v1/datasets/{name}/versions/{version}/rows/{row_id}")
+        return Row(r["row_id"], r["prompt"], r["response"], r.get("metadata") or {})
+
+    def add_rows(self, name: str, rows: list[dict[str, Any]], version: int | str = "active") -> Dataset:
+        v = self._json("POST", f"/v1/datasets/{name}/versions/{version}/rows", json={"rows": rows})
+        return Dataset._from(self, v)
+
+    def update_row(
+        self,
+        name: str,
+        row_id: str,
+        *,
+        prompt: Any = None,
+        response: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        version: int | str = "active",
+    ) -> Row:
+        body = {k: v for k, v in {"prompt": prompt, "response": response, "metadata": metadata}.items() if v is not None}
+        r = self._json("PATCH", f"/v1/datasets/{name}/versions/{version}/rows/{row_id}", json=body)
+        return Row(r["row_id"], r["prompt"], r["response"], r.get("metadata") or {})
+
+    def update_rows(self, name: str, rows: list[dict[str, Any]], version: int | str = "active") -> list[Row]:
+        got = self._json("PATCH", f"/v1/datasets/{name}/versions/{version}/rows", json={"rows": rows})["items"]
+        return [Row(r["row_id"], r["prompt"], r["response"], r.get("metadata") or {}) for r in got]
+
+    def delete_rows(self, name: str, row_ids: list[str], version: int | str = "active") -> Dataset:
+        v = self._json("POST", f"/v1/datasets/{name}/versions/{version}/rows/delete", json={"row_ids": list(row_ids)})
+        return Dataset._from(self, v)
+
+    def export(
+        self, name: str, path: str | os.PathLike[str], *, format: str = "jsonl", version: int | str | None = None
+    ) -> Path:
+        """Download a version as jsonl (spec rows), openai (chat fine-tuning JSONL), csv or parquet."""
+        ver = version if version is not None else "latest"
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            with self._http.stream("GET", f"/v1/datasets/{name}/versions/{ver}/export", params={"format": format}) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    _raise_for(resp)
+                with open(tmp, "wb") as f:
+                    for chunk in resp.iter_bytes(1 << 20):
+                        f.write(chunk)
+            os.replace(tmp, dest)
+        except httpx.ConnectError:
+            raise ServerUnreachable(f"cannot reach the opentracy server at {self.base_url}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest
+
+    def to_hf(
+        self, name: str, *, version: int | str | None = None, test_size: float | int | None = None, seed: int = 0
+    ) -> Any:
+        """The version as a Hugging Face `datasets.Dataset`, or a train/validation `DatasetDict` with
+        `test_size` (deterministic for a seed)."""
+        import pyarrow.parquet as pq
+
+        from opentracy.datasets.export import to_hf
+
+        with tempfile.TemporaryDirectory() as d:
+            path = self.export(name, Path(d) / "rows.parquet", format="parquet", version=version)
+            return to_hf(pq.read_table(path), test_size=test_size, seed=seed)
+
+
+def _hf_to_parquet(path: str | os.PathLike[str], split: str | None) -> tuple[Path, str]:
+    """Read a Hugging Face dataset locally (folder or Hub id) and write the chosen split as Parquet."""
+    import pyarrow.parquet as pq
+
+    from opentracy.datasets import formats
+
+    p = Path(path)
+    if p.is_file():  # one Arrow file
+        split_used = split or "train"
+        schema, batches = formats.arrow_file_batches([p])
+    elif p.exists():
+        split_used, schema, batches = formats.hf_batches(p, split)
+    else:
+        split_used, schema, batches = formats.hub_batches(str(path), split)
+    fd, name = tempfile.mkstemp(suffix=".parquet", prefix="opentracy-hf-")
+    os.close(fd)
+    with pq.ParquetWriter(name, schema, compression="zstd") as w:
+        for rb, _ in batches:
+            w.write_batch(rb)
+    return Path(name), split_used

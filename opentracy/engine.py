@@ -1,0 +1,43 @@
+"""The core, assembled: settings, catalog, artifact store, the datasets service and the job runner.
+
+Every face (HTTP server, CLI, tests) builds one `Engine` and calls into it.
+"""
+
+from __future__ import annotations
+
+from opentracy.config import Settings
+from opentracy.datasets import jobs as dataset_jobs
+from opentracy.datasets.service import DatasetService
+from opentracy.jobs import JobRunner
+from opentracy.store.artifacts import ArtifactStore
+from opentracy.store.catalog import Catalog
+
+
+class Engine:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.settings.staging_dir.mkdir(parents=True, exist_ok=True)
+        self.catalog = Catalog(self.settings.database_url)
+        self.artifacts = ArtifactStore(self.settings.artifacts_url, cache_dir=self.settings.home / "cache")
+        self.datasets = DatasetService(self.catalog, self.artifacts, chunk_bytes=self.settings.ingest_chunk_bytes)
+        self.jobs = JobRunner(self.catalog, workers=self.settings.job_workers)
+        dataset_jobs.register(self.jobs, self.datasets, self.settings.staging_dir)
+        self._started = False
+
+    def start(self) -> Engine:
+        """Resume or fail the jobs a previous process left behind."""
+        if not self._started:
+            self._started = True
+            self.jobs.recover()
+        return self
+
+    def close(self) -> None:
+        self.jobs.shutdown(wait=True)
+        self.catalog.dispose()
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

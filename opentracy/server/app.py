@@ -1,0 +1,83 @@
+"""The FastAPI application: one router per resource, one JSON error shape, optional bearer-token auth."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import opentracy
+from opentracy.config import Settings
+from opentracy.engine import Engine
+from opentracy.errors import OpentracyError, Unauthorized
+from opentracy.server.deps import check_api_key
+
+
+def error_body(code: str, message: str, details: dict | None = None) -> dict:
+    err: dict = {"code": code, "message": message}
+    if details:
+        err["details"] = details
+    return {"error": err}
+
+
+def create_app(engine: Engine | None = None, settings: Settings | None = None) -> FastAPI:
+    """Build the app. With no engine given, one is made from settings (or the environment) at startup."""
+    own = engine is None
+    eng = engine or Engine(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        eng.start()
+        yield
+        if own:
+            eng.close()
+
+    app = FastAPI(
+        title="opentracy",
+        version=opentracy.__version__,
+        description="Turn LLM traffic into training data and cheaper models.",
+        lifespan=lifespan,
+    )
+    app.state.engine = eng
+
+    @app.middleware("http")
+    async def auth(request: Request, call_next):  # type: ignore[no-untyped-def]
+        if request.url.path != "/health":
+            try:
+                check_api_key(request)
+            except Unauthorized as e:
+                return JSONResponse(error_body(e.code, e.message), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+    @app.exception_handler(OpentracyError)
+    async def domain_error(_: Request, e: OpentracyError) -> JSONResponse:
+        return JSONResponse(error_body(e.code, e.message, e.details), status_code=e.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            problems.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        return JSONResponse(
+            error_body("invalid_input", "; ".join(problems) or "invalid request", {"errors": problems}), status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return JSONResponse(error_body(code, str(e.detail)), status_code=e.status_code)
+
+    @app.get("/health", tags=["meta"])
+    def health() -> dict:
+        return {"status": "ok", "version": opentracy.__version__}
+
+    from opentracy.server.routers import datasets, jobs
+
+    app.include_router(datasets.router, prefix="/v1", dependencies=[Depends(check_api_key)])
+    app.include_router(jobs.router, prefix="/v1", dependencies=[Depends(check_api_key)])
+    return app
