@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import numpy as np
 import pyarrow as pa
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from opentracy.datasets import formats
 from opentracy.datasets.models import (
@@ -311,10 +311,8 @@ class DatasetService:
             ds = self._dataset(s, name)
             versions = s.scalars(select(VersionRecord).where(VersionRecord.dataset_id == ds.id)).all()
             keys = {seg["key"] for v in versions for seg in v.manifest or []}
-            for v in versions:
-                s.delete(v)
-            s.delete(ds)
-            s.flush()
+            s.execute(delete(VersionRecord).where(VersionRecord.dataset_id == ds.id))
+            s.execute(delete(DatasetRecord).where(DatasetRecord.id == ds.id))
             still_used = {
                 seg["key"] for (m,) in s.execute(select(VersionRecord.manifest)).all() for seg in m or []
             }
@@ -383,8 +381,8 @@ class DatasetService:
         con.execute(
             f"COPY (SELECT row_id, ord, prompt, prompt_messages, response, metadata, row_hash, false AS deleted "
             f"FROM ({rows_sql}) ORDER BY ord) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 65536)"
-        )
-        n = con.execute(f"SELECT count(*) FROM read_parquet('{tmp}')").fetchone()[0]
+        ).fetchall()
+        n = con.execute(f"SELECT count(*) FROM read_parquet('{tmp}')").fetchall()[0][0]
         key, digest, size = self.artifacts.put_file(tmp, prefix="segments", suffix=".parquet")
         return SegmentInfo(key=key, sha256=digest, rows=int(n), bytes=size, kind="base")
 
@@ -478,7 +476,7 @@ class DatasetService:
         )
         con = duck()
         try:
-            total = con.execute(count_sql, params).fetchone()[0]
+            total = con.execute(count_sql, params).fetchall()[0][0]
             got = con.execute(page_sql, page_params).fetchall()
         finally:
             con.close()
@@ -556,11 +554,11 @@ class DatasetService:
         con = duck()
         try:
             con.execute(
-                f"CREATE TEMP TABLE d AS SELECT COALESCE(a.row_id, b.row_id) AS row_id, "
+                "CREATE TEMP TABLE d AS SELECT COALESCE(a.row_id, b.row_id) AS row_id, "
                 f"CASE WHEN a.row_id IS NULL THEN 'added' WHEN b.row_id IS NULL THEN 'removed' "
                 f"WHEN a.row_hash <> b.row_hash THEN 'changed' ELSE 'same' END AS kind "
                 f"FROM ({sa}) a FULL OUTER JOIN ({sb}) b ON a.row_id = b.row_id"
-            )
+            ).fetchall()
             counts = dict(con.sql("SELECT kind, count(*) FROM d GROUP BY kind").fetchall())
             ids: dict[str, list[str]] = {}
             for kind in ("added", "removed", "changed"):

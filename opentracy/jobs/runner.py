@@ -281,6 +281,13 @@ class JobRunner:
             log.exception("job %s failed", job_id)
         if self._closed and status != "succeeded" and kind.resumable and error and error.get("code") == "internal_error":
             return  # shutting down mid-run: leave it for recover() on the next start
+        # Release the job's inputs before recording the end, so whoever sees the end sees them gone.
+        # (A resumed job whose inputs are gone fails with a clear message or finds its committed result.)
+        if kind.cleanup is not None:
+            try:
+                kind.cleanup(params)
+            except Exception:
+                log.exception("cleanup of job %s failed", job_id)
         with self.catalog.session() as s:
             r = s.get(JobRecord, job_id)
             r.status = status
@@ -292,11 +299,6 @@ class JobRunner:
             else:
                 r.message = (error or {}).get("message", status)[:500]
         self.log(job_id, f"{status}" + (f": {error['message']}" if error else ""), "info" if status == "succeeded" else "error")
-        if kind.cleanup is not None:
-            try:
-                kind.cleanup(params)
-            except Exception:
-                log.exception("cleanup of job %s failed", job_id)
         self._finish_event(job_id)
 
     def _finish_event(self, job_id: str) -> None:

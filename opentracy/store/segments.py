@@ -82,7 +82,7 @@ def duck(threads: int | None = None, memory_limit: str = "1GB") -> duckdb.DuckDB
     """A fresh in-process DuckDB connection with bounded memory."""
     con = duckdb.connect(config={"memory_limit": memory_limit, "preserve_insertion_order": True})
     if threads:
-        con.execute(f"SET threads={int(threads)}")
+        con.execute(f"SET threads={int(threads)}").fetchall()
     return con
 
 
@@ -148,11 +148,13 @@ class SegmentWriter:
     def _hash_loop(self) -> None:
         con = duck(threads=1, memory_limit="256MB")
         gen = generated_row_id_sql(self.id_salt)
-        # Only derived columns come back from DuckDB; the big text columns pass through untouched.
+        # Only derived columns come back from DuckDB; prompt and response pass through untouched. Metadata is
+        # stored minified by DuckDB's json(), whatever wrote it, so equal content always hashes equal.
         sql = (
-            f"SELECT row_id, {_HASH_SQL} AS row_hash, hash(row_id) AS _rid, {_META_PROBLEM_SQL} AS _problem,"
+            f"SELECT row_id, metadata, {_HASH_SQL} AS row_hash, hash(row_id) AS _rid, {_META_PROBLEM_SQL} AS _problem,"
             " CAST(_m[4] AS VARCHAR) AS _cluster"
-            f" FROM (SELECT COALESCE(row_id, {gen}) AS row_id, prompt, prompt_messages, response, metadata, deleted,"
+            f" FROM (SELECT COALESCE(row_id, {gen}) AS row_id, prompt, prompt_messages, response,"
+            " CAST(json(metadata) AS VARCHAR) AS metadata, deleted,"
             f" json_extract(metadata, {_META_PATHS}) AS _m FROM b)"
         )
         try:
@@ -181,7 +183,7 @@ class SegmentWriter:
                         b.column("prompt"),
                         b.column("prompt_messages"),
                         b.column("response"),
-                        b.column("metadata"),
+                        res.column("metadata"),
                         res.column("row_hash"),
                         b.column("deleted"),
                     ],

@@ -1,0 +1,272 @@
+"""Versioning semantics: one active version, writes only there, freeze, new_version, diff, integrity."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import segment_files, spec_rows
+
+from opentracy.errors import Conflict, IntegrityError, InvalidInput, NotFound
+
+
+@pytest.fixture
+def tickets(engine, write_jsonl):
+    engine.datasets.upload("tickets", write_jsonl(spec_rows(300)))
+    return engine.datasets
+
+
+def test_create_empty_dataset_has_active_v1(engine):
+    info = engine.datasets.create("empty", "nothing yet")
+    assert info.versions == 1 and info.latest.label == "empty-v1" and info.latest.status == "active"
+    assert info.latest.row_count == 0
+    with pytest.raises(Conflict, match="already exists"):
+        engine.datasets.create("empty")
+
+
+def test_add_edit_delete_in_active_version(tickets):
+    v = tickets.add_rows("tickets", [{"prompt": "new one", "response": "billing", "metadata": {"tags": ["x"]}}])
+    assert v.row_count == 301
+    new = tickets.rows("tickets", limit=1000, q="new one").rows
+    assert len(new) == 1 and new[0].row_id.startswith("r_")
+    row = tickets.update_row("tickets", "r_0000005", response="technical", metadata={"tags": ["reviewed"]})
+    assert row.response == "technical" and row.prompt.endswith("question 5")
+    got = tickets.get_row("tickets", "r_0000005")
+    assert got.response == "technical" and got.metadata == {"tags": ["reviewed"]}
+    # an edit keeps the row's position
+    ids = [r.row_id for r in tickets.rows("tickets", limit=10).rows]
+    assert ids[5] == "r_0000005"
+    v = tickets.delete_rows("tickets", ["r_0000001", "r_0000002"])
+    assert v.row_count == 299
+    with pytest.raises(NotFound):
+        tickets.get_row("tickets", "r_0000001")
+    # bulk edit
+    out = tickets.update_rows("tickets", [{"row_id": "r_0000010", "response": "a"}, {"row_id": "r_0000011", "response": "b"}])
+    assert [r.response for r in out] == ["a", "b"]
+
+
+def test_write_errors(tickets):
+    with pytest.raises(Conflict, match="already in the version"):
+        tickets.add_rows("tickets", [{"row_id": "r_0000003", "prompt": "p", "response": "r"}])
+    with pytest.raises(InvalidInput, match="appears twice"):
+        tickets.add_rows("tickets", [{"row_id": "a", "prompt": "p", "response": "r"}, {"row_id": "a", "prompt": "p", "response": "r"}])
+    with pytest.raises(NotFound, match="nothing was deleted"):
+        tickets.delete_rows("tickets", ["r_0000004", "no-such-row"])
+    assert tickets.get_row("tickets", "r_0000004")
+    with pytest.raises(NotFound):
+        tickets.update_row("tickets", "no-such-row", response="x")
+    with pytest.raises(InvalidInput, match="row 1"):
+        tickets.add_rows("tickets", [{"prompt": 3, "response": "r"}])
+    with pytest.raises(InvalidInput, match="judge_score"):
+        tickets.add_rows("tickets", [{"prompt": "p", "response": "r", "metadata": {"judge_score": "high"}}])
+    assert tickets.version("tickets").row_count == 300
+
+
+def test_frozen_version_refuses_every_write(tickets):
+    tickets.freeze("tickets")
+    for write in (
+        lambda: tickets.add_rows("tickets", [{"prompt": "p", "response": "r"}], 1),
+        lambda: tickets.update_row("tickets", "r_0000001", response="x", version=1),
+        lambda: tickets.delete_rows("tickets", ["r_0000001"], 1),
+        lambda: tickets.add_rows("tickets", [{"prompt": "p", "response": "r"}]),  # latest is frozen
+    ):
+        with pytest.raises(Conflict) as e:
+            write()
+        assert "tickets-v1 is frozen" in e.value.message and "new-version" in e.value.message
+    with pytest.raises(Conflict, match="already frozen"):
+        tickets.freeze("tickets", 1)
+    assert tickets.version("tickets", 1).row_count == 300
+
+
+def test_new_version_shares_segments_and_one_active(engine, tickets):
+    v1 = tickets.freeze("tickets")
+    files_before = segment_files(engine)
+    v2 = tickets.new_version("tickets")
+    assert v2.label == "tickets-v2" and v2.status == "active" and v2.parent == "tickets-v1"
+    assert v2.row_count == v1.row_count
+    assert segment_files(engine) == files_before  # no row was copied
+    with pytest.raises(Conflict, match="at most one active version"):
+        tickets.new_version("tickets")
+    tickets.update_row("tickets", "r_0000000", response="edited")
+    assert tickets.get_row("tickets", "r_0000000", 1).response == "billing"  # the parent is untouched
+    assert tickets.get_row("tickets", "r_0000000", 2).response == "edited"
+    assert any(p["kind"] == "new_version" and p["parent"] == "tickets-v1" for p in tickets.version("tickets", 2).provenance)
+
+
+def test_freeze_compacts_and_hash_is_content_identity(engine, write_jsonl):
+    rows = spec_rows(220)
+    engine.datasets.upload("a", write_jsonl(rows, "a.jsonl"))
+    engine.datasets.upload("b", write_jsonl(rows[:100], "b1.jsonl"))
+    engine.datasets.upload("b", write_jsonl(rows[100:], "b2.jsonl"))
+    engine.datasets.update_row("b", "r_0000007", response="tmp")
+    engine.datasets.update_row("b", "r_0000007", response=rows[7]["response"])
+    assert engine.datasets.version("b").segments == 4
+    va = engine.datasets.freeze("a")
+    vb = engine.datasets.freeze("b")
+    assert vb.segments == 1  # compacted
+    assert va.content_hash == vb.content_hash  # same rows, same order -> same hash
+    assert va.ref.startswith("a-v1@") and va.ref.split("@")[1] == va.content_hash.split(":")[1][:12]
+    engine.datasets.new_version("b")
+    engine.datasets.update_row("b", "r_0000008", response="different")
+    assert engine.datasets.freeze("b").content_hash != va.content_hash
+
+
+def test_diff_counts_and_ids(tickets):
+    tickets.freeze("tickets")
+    tickets.new_version("tickets")
+    tickets.update_rows("tickets", [{"row_id": f"r_{i:07d}", "response": "changed"} for i in range(10, 20)])
+    tickets.delete_rows("tickets", ["r_0000001", "r_0000002", "r_0000003"])
+    tickets.add_rows("tickets", [{"row_id": f"new-{i}", "prompt": "p", "response": "r"} for i in range(5)])
+    d = tickets.diff("tickets", 1, 2)
+    assert (d.added, d.removed, d.changed, d.unchanged) == (5, 3, 10, 287)
+    assert d.added_ids == [f"new-{i}" for i in range(5)]
+    assert d.removed_ids == ["r_0000001", "r_0000002", "r_0000003"]
+    assert d.changed_ids == [f"r_{i:07d}" for i in range(10, 20)]
+    assert tickets.diff("tickets", None, 2).changed == 10  # default base: the parent
+    small = tickets.diff("tickets", 1, 2, limit=2)
+    assert small.truncated and len(small.changed_ids) == 2 and small.changed == 10
+    same = tickets.diff("tickets", 1, 1)
+    assert (same.added, same.removed, same.changed) == (0, 0, 0)
+
+
+def test_setting_a_row_back_is_not_a_change(tickets):
+    tickets.freeze("tickets")
+    tickets.new_version("tickets")
+    original = tickets.get_row("tickets", "r_0000009")
+    tickets.update_row("tickets", "r_0000009", response="other")
+    tickets.update_row("tickets", "r_0000009", response=original.response, metadata=original.metadata)
+    assert tickets.diff("tickets", 1, 2).changed == 0
+
+
+def test_tampered_segment_is_refused(engine, tickets):
+    tickets.freeze("tickets")
+    (seg,) = segment_files(engine)
+    data = bytearray(seg.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    os.utime(seg, ns=(seg.stat().st_atime_ns, seg.stat().st_mtime_ns + 1_000_000))
+    for read in (
+        lambda: tickets.rows("tickets", 1),
+        lambda: list(tickets.iter_rows("tickets", 1)),
+        lambda: tickets.diff("tickets", 1, 1),
+        lambda: tickets.new_version("tickets") and tickets.freeze("tickets"),
+    ):
+        with pytest.raises(IntegrityError, match="altered or corrupted"):
+            read()
+
+
+def test_tamper_detected_even_with_same_size_and_mtime(engine, tickets):
+    """A file replaced with different bytes but the same size and mtime is still caught by a fresh process."""
+    tickets.freeze("tickets")
+    (seg,) = segment_files(engine)
+    st = seg.stat()
+    data = bytearray(seg.read_bytes())
+    data[100] ^= 0x01
+    seg.write_bytes(bytes(data))
+    os.utime(seg, ns=(st.st_atime_ns, st.st_mtime_ns))
+    from opentracy.store.artifacts import ArtifactStore
+
+    fresh = ArtifactStore(engine.artifacts.url)  # a new process has no verification cache
+    key = str(seg.relative_to(engine.artifacts.root))
+    with pytest.raises(IntegrityError):
+        fresh.verify(key)
+
+
+def test_missing_segment_is_a_clear_error(engine, tickets):
+    (seg,) = segment_files(engine)
+    seg.unlink()
+    with pytest.raises(IntegrityError, match="missing"):
+        tickets.rows("tickets")
+
+
+def test_delete_dataset_needs_its_name(engine, tickets):
+    with pytest.raises(InvalidInput, match="confirm"):
+        tickets.delete("tickets", None)
+    with pytest.raises(InvalidInput):
+        tickets.delete("tickets", "other")
+    assert tickets.get("tickets")
+    tickets.freeze("tickets")
+    tickets.new_version("tickets")
+    tickets.delete("tickets", "tickets")
+    with pytest.raises(NotFound):
+        tickets.get("tickets")
+    assert segment_files(engine) == []
+
+
+def test_delete_keeps_segments_other_datasets_use(engine, write_jsonl):
+    path = write_jsonl(spec_rows(10))
+    engine.datasets.upload("one", path)
+    engine.datasets.upload("two", path)  # same bytes, same generated ids? no: ids are salted per dataset
+    before = segment_files(engine)
+    engine.datasets.delete("one", "one")
+    assert len(engine.datasets.rows("two").rows) == 10
+    assert len(segment_files(engine)) == len(before) - 1 or len(before) == 1
+
+
+def test_version_refs(tickets):
+    tickets.freeze("tickets")
+    tickets.new_version("tickets")
+    assert tickets.version("tickets", "tickets-v1").number == 1
+    assert tickets.version("tickets", "v2").number == 2
+    assert tickets.version("tickets", 2).number == 2
+    assert tickets.version("tickets", "active").number == 2
+    assert tickets.version("tickets").number == 2  # latest
+    with pytest.raises(InvalidInput):
+        tickets.version("tickets", "two")
+    with pytest.raises(NotFound, match="tickets-v9"):
+        tickets.version("tickets", 9)
+
+
+def test_warnings(engine, write_jsonl):
+    engine.datasets.upload("few", write_jsonl(spec_rows(50), "few.jsonl"))
+    codes = {w.code for w in engine.datasets.version("few").warnings}
+    assert codes == {"too_few_rows", "not_curated"}
+    mixed = spec_rows(250, cluster_id=12) + [dict(r, row_id=f"x{i}", metadata={"cluster_id": 34}) for i, r in enumerate(spec_rows(5))]
+    engine.datasets.upload("mixed", write_jsonl(mixed, "mixed.jsonl"))
+    w = {w.code: w.message for w in engine.datasets.version("mixed").warnings}
+    assert set(w) == {"mixed_clusters", "not_curated"}
+    assert "2 clusters" in w["mixed_clusters"] and "one coherent task" in w["mixed_clusters"]
+    # deleting the odd cluster's rows clears the warning
+    engine.datasets.delete_rows("mixed", [f"x{i}" for i in range(5)])
+    assert "mixed_clusters" not in {w.code for w in engine.datasets.version("mixed").warnings}
+    # a curation step in the provenance clears "not curated"
+    v = engine.datasets.add_provenance("mixed", {"kind": "curation", "config": {"threshold": 0.7}})
+    assert {w.code for w in v.warnings} == set()
+    v = engine.datasets.add_provenance("mixed", {"kind": "curation", "judge_skipped": True})
+    assert {w.code for w in v.warnings} == {"curated_without_judge"}
+
+
+def test_many_small_writes_are_compacted(engine, tickets, monkeypatch):
+    import opentracy.datasets.service as svc
+
+    monkeypatch.setattr(svc, "MAX_SEGMENTS_BEFORE_COMPACTION", 5)
+    for i in range(7):
+        tickets.update_row("tickets", f"r_{i:07d}", response=f"v{i}")
+    v = tickets.version("tickets")
+    assert v.segments <= 5
+    assert [tickets.get_row("tickets", f"r_{i:07d}").response for i in range(7)] == [f"v{i}" for i in range(7)]
+    assert v.row_count == 300
+
+
+def test_listing_pagination_and_filters(engine, tickets):
+    for name in ("b-set", "a-set", "c-set"):
+        engine.datasets.create(name)
+    items, total = engine.datasets.list(limit=2, offset=0)
+    assert total == 4 and [d.name for d in items] == ["a-set", "b-set"]
+    items, _ = engine.datasets.list(limit=2, offset=2)
+    assert [d.name for d in items] == ["c-set", "tickets"]
+    seen, cursor = [], None
+    while True:
+        page = tickets.rows("tickets", limit=64, cursor=cursor)
+        seen += [r.row_id for r in page.rows]
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    assert seen == [f"r_{i:07d}" for i in range(300)]
+    tickets.update_row("tickets", "r_0000004", metadata={"tags": ["reviewed", "x"], "cluster_id": 7})
+    assert [r.row_id for r in tickets.rows("tickets", tags=["reviewed"]).rows] == ["r_0000004"]
+    assert [r.row_id for r in tickets.rows("tickets", where={"cluster_id": "7"}).rows] == ["r_0000004"]
+    assert tickets.rows("tickets", q="QUESTION 29").total == 11  # 29, 290..299
+    assert tickets.rows("tickets", q="100%").total == 0  # % is literal, not a wildcard
+    with pytest.raises(InvalidInput):
+        tickets.rows("tickets", where={"bad key;": "1"})
