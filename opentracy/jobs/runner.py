@@ -208,11 +208,15 @@ class JobRunner:
             if r.status in TERMINAL:
                 return _info(r)
             r.cancel_requested = True
-            if r.status == "queued":
+            was_queued = r.status == "queued"
+            if was_queued:
                 r.status = "cancelled"
                 r.finished_at = utcnow()
                 r.message = "cancelled before it started"
             r.updated_at = utcnow()
+            kind_name, params = r.kind, dict(r.params or {})
+        if was_queued:
+            self._cleanup(kind_name, params, job_id)
         self.log(job_id, "cancel requested")
         return self.get(job_id)
 
@@ -234,12 +238,14 @@ class JobRunner:
     def recover(self) -> list[str]:
         """Deal with jobs a previous process left unfinished: resume them, or fail them with the reason."""
         resumed: list[str] = []
+        ended: list[tuple[str, str, dict[str, Any]]] = []
         with self.catalog.session() as s:
             stale = s.scalars(select(JobRecord).where(JobRecord.status.in_(("queued", "running")))).all()
             for r in stale:
                 kind = self.kinds.get(r.kind)
                 if r.cancel_requested:
                     r.status, r.finished_at, r.message = "cancelled", utcnow(), "cancelled (the server restarted)"
+                    ended.append((r.id, r.kind, dict(r.params or {})))
                 elif kind is not None and kind.resumable:
                     r.status, r.message = "queued", "resuming after a restart"
                     resumed.append(r.id)
@@ -251,7 +257,10 @@ class JobRunner:
                         "cannot resume; run it again",
                     }
                     r.message = "interrupted by a restart"
+                    ended.append((r.id, r.kind, dict(r.params or {})))
                 r.updated_at = utcnow()
+        for job_id, kind_name, params in ended:
+            self._cleanup(kind_name, params, job_id)
         for job_id in resumed:
             self.log(job_id, "the server restarted while this job was running; resuming")
             self._schedule(job_id)
@@ -261,11 +270,18 @@ class JobRunner:
         with self.catalog.session() as s:
             r = s.get(JobRecord, job_id)
             if r is None or r.status != "queued":
-                self._finish_event(job_id)
-                return
-            r.status, r.started_at, r.updated_at = "running", utcnow(), utcnow()
-            r.attempts += 1
-            kind_name, params, attempt = r.kind, dict(r.params or {}), r.attempts
+                cancelled_early = r is not None and r.status == "cancelled"
+                kind_name, params = (r.kind, dict(r.params or {})) if r is not None else ("", {})
+            else:
+                cancelled_early = None
+                r.status, r.started_at, r.updated_at = "running", utcnow(), utcnow()
+                r.attempts += 1
+                kind_name, params, attempt = r.kind, dict(r.params or {}), r.attempts
+        if cancelled_early is not None:  # not ours to run (any more)
+            if cancelled_early:
+                self._cleanup(kind_name, params, job_id)
+            self._finish_event(job_id)
+            return
         kind = self.kinds[kind_name]
         ctx = JobContext(self, job_id, params, attempt)
         status, result, error = "succeeded", None, None
@@ -283,11 +299,7 @@ class JobRunner:
             return  # shutting down mid-run: leave it for recover() on the next start
         # Release the job's inputs before recording the end, so whoever sees the end sees them gone.
         # (A resumed job whose inputs are gone fails with a clear message or finds its committed result.)
-        if kind.cleanup is not None:
-            try:
-                kind.cleanup(params)
-            except Exception:
-                log.exception("cleanup of job %s failed", job_id)
+        self._cleanup(kind_name, params, job_id)
         with self.catalog.session() as s:
             r = s.get(JobRecord, job_id)
             r.status = status
@@ -300,6 +312,14 @@ class JobRunner:
                 r.message = (error or {}).get("message", status)[:500]
         self.log(job_id, f"{status}" + (f": {error['message']}" if error else ""), "info" if status == "succeeded" else "error")
         self._finish_event(job_id)
+
+    def _cleanup(self, kind_name: str, params: dict[str, Any], job_id: str) -> None:
+        kind = self.kinds.get(kind_name)
+        if kind is not None and kind.cleanup is not None:
+            try:
+                kind.cleanup(params)
+            except Exception:
+                log.exception("cleanup of job %s failed", job_id)
 
     def _finish_event(self, job_id: str) -> None:
         with self._lock:
