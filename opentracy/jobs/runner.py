@@ -201,20 +201,21 @@ class JobRunner:
         self._pool.submit(self._run, job_id)
 
     def cancel(self, job_id: str) -> JobInfo:
+        """Cancel a job: a queued one ends at once; a running one stops at its next progress report."""
         with self.catalog.session() as s:
             r = s.get(JobRecord, job_id)
             if r is None:
                 raise NotFound(f"no job {job_id!r}")
             if r.status in TERMINAL:
                 return _info(r)
-            r.cancel_requested = True
-            was_queued = r.status == "queued"
-            if was_queued:
-                r.status = "cancelled"
-                r.finished_at = utcnow()
-                r.message = "cancelled before it started"
-            r.updated_at = utcnow()
             kind_name, params = r.kind, dict(r.params or {})
+            now = utcnow()
+            s.execute(update(JobRecord).where(JobRecord.id == job_id).values(cancel_requested=True, updated_at=now))
+            was_queued = s.execute(
+                update(JobRecord)
+                .where(JobRecord.id == job_id, JobRecord.status == "queued")
+                .values(status="cancelled", finished_at=now, message="cancelled before it started")
+            ).rowcount == 1
         if was_queued:
             self._cleanup(kind_name, params, job_id)
         self.log(job_id, "cancel requested")
@@ -267,19 +268,17 @@ class JobRunner:
         return resumed
 
     def _run(self, job_id: str) -> None:
+        # Claim the job atomically: only a job still queued starts (a cancel may have won the race).
         with self.catalog.session() as s:
+            now = utcnow()
+            claimed = s.execute(
+                update(JobRecord)
+                .where(JobRecord.id == job_id, JobRecord.status == "queued")
+                .values(status="running", started_at=now, updated_at=now, attempts=JobRecord.attempts + 1)
+            ).rowcount
             r = s.get(JobRecord, job_id)
-            if r is None or r.status != "queued":
-                cancelled_early = r is not None and r.status == "cancelled"
-                kind_name, params = (r.kind, dict(r.params or {})) if r is not None else ("", {})
-            else:
-                cancelled_early = None
-                r.status, r.started_at, r.updated_at = "running", utcnow(), utcnow()
-                r.attempts += 1
-                kind_name, params, attempt = r.kind, dict(r.params or {}), r.attempts
-        if cancelled_early is not None:  # not ours to run (any more)
-            if cancelled_early:
-                self._cleanup(kind_name, params, job_id)
+            kind_name, params, attempt = (r.kind, dict(r.params or {}), r.attempts) if r is not None else ("", {}, 0)
+        if claimed != 1:
             self._finish_event(job_id)
             return
         kind = self.kinds[kind_name]
