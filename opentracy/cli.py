@@ -23,6 +23,13 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False)
 
 
+def _id_col(header: str) -> Any:
+    """A table column for names and ids: never wrapped or cut, so it can be copied into the next command."""
+    from rich.table import Column
+
+    return Column(header, no_wrap=True, overflow="fold")
+
+
 def fail(message: str, code: int = 1) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -98,7 +105,7 @@ def datasets() -> None:
 def _warnings(ds: Any) -> None:
     con = _console(stderr=True)
     for w in ds.warnings:
-        con.print(f"[yellow]warning:[/yellow] {w.message}")
+        con.print(f"[yellow]warning:[/yellow] {w.message}", soft_wrap=True)  # one line per warning
 
 
 def _version_line(ds: Any) -> str:
@@ -156,7 +163,7 @@ def ds_list(ctx: click.Context, as_json: bool) -> None:
         return
     from rich.table import Table
 
-    t = Table("dataset", "latest", "status", "rows", "content hash", "warnings")
+    t = Table(_id_col("dataset"), "latest", "status", "rows", "content hash", "warnings")
     for d in items:
         t.add_row(d.name, d.label, d.status, f"{d.row_count:,}", (d.content_hash or "")[:19], ", ".join(w.code for w in d.warnings))
     _console().print(t)
@@ -189,7 +196,7 @@ def ds_show(ctx: click.Context, name: str, version: str | None, as_json: bool) -
     from rich.table import Table
 
     con = _console()
-    t = Table("version", "status", "rows", "content hash", "parent")
+    t = Table(_id_col("version"), "status", "rows", "content hash", "parent")
     for v in c.list_versions(name):
         t.add_row(v.label, v.status, f"{v.row_count:,}", (v.content_hash or "")[:23], v.parent or "")
     con.print(t)
@@ -226,7 +233,7 @@ def ds_rows(ctx: click.Context, name: str, version: str | None, limit: int, quer
         return
     from rich.table import Table
 
-    t = Table("row_id", "prompt", "response", "metadata", show_lines=False)
+    t = Table(_id_col("row_id"), "prompt", "response", "metadata", show_lines=False)
     for r in rows:
         p = r.prompt if isinstance(r.prompt, str) else " | ".join(f"{m.get('role')}: {m.get('content')}" for m in r.prompt)
         t.add_row(r.row_id, _clip(p, 60), _clip(r.response, 30), _clip(json.dumps(r.metadata), 40))
@@ -321,7 +328,7 @@ def jobs_list(ctx: click.Context, status: str | None) -> None:
     page = c._json("GET", "/v1/jobs", params={k: v for k, v in {"status": status}.items() if v})
     from rich.table import Table
 
-    t = Table("job", "kind", "status", "progress", "message", "created")
+    t = Table(_id_col("job"), _id_col("kind"), _id_col("status"), "progress", "message", "created")
     for j in page["items"]:
         t.add_row(j["id"], j["kind"], j["status"], f"{j['progress']:.0%}", _clip(j["message"], 50), j["created_at"][:19])
     _console().print(t)

@@ -14,6 +14,7 @@ and returns the result, or returns the `Job` at once with `wait=False`.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 import time
@@ -228,14 +229,17 @@ class Distiller:
         return resp.json() if resp.content else None
 
     def _progress_bar(self, show: bool | None) -> Any:
+        from rich.console import Console
         from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
+        # On stderr: stdout carries results (a version line, a job id) that scripts read.
         return Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             TaskProgressColumn(),
             TimeRemainingColumn(),
             TextColumn("{task.fields[note]}"),
+            console=Console(stderr=True),
             disable=not (self.progress if show is None else show),
             transient=False,
         )
@@ -332,7 +336,8 @@ class Distiller:
         """
         p = Path(path)
         tmp: Path | None = None
-        if p.is_dir() or p.suffix == ".arrow" or (not p.exists() and format in (None, "hf") and "/" in str(path)):
+        hub_id = not p.exists() and format in (None, "hf") and _looks_like_hub_id(path)
+        if p.is_dir() or (p.suffix == ".arrow" and p.is_file()) or hub_id:
             tmp, split_used = _hf_to_parquet(path, split)
             p, format, split = tmp, "parquet", None
             display = f"{Path(str(path)).name}[{split_used}].parquet"
@@ -489,6 +494,17 @@ class Distiller:
         with tempfile.TemporaryDirectory() as d:
             path = self.export(name, Path(d) / "rows.parquet", format="parquet", version=version)
             return to_hf(pq.read_table(path), test_size=test_size, seed=seed)
+
+
+_FILE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".parquet", ".pq", ".arrow")
+
+
+def _looks_like_hub_id(path: str | os.PathLike[str]) -> bool:
+    """`owner/name` is a Hub id; a missing local path (`./data/x.jsonl`, `/abs/x.csv`) is not."""
+    s = str(path)
+    if s.startswith(".") or s.lower().endswith(_FILE_SUFFIXES):
+        return False
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", s) is not None
 
 
 def _hf_to_parquet(path: str | os.PathLike[str], split: str | None) -> tuple[Path, str]:

@@ -29,6 +29,7 @@ class Engine:
         """Resume or fail the jobs a previous process left behind."""
         if not self._started:
             self._started = True
+            self.artifacts.clean_scratch()  # half-written files of a process that died
             self.jobs.recover()
         return self
 

@@ -173,7 +173,14 @@ def to_hf(table: pa.Table, *, test_size: float | int | None = None, seed: int = 
         for p, m, r, meta in zip(prompts, is_msgs, responses, metas, strict=True):
             rec = openai_record(json.loads(p) if m else p, r, json.loads(meta) if meta else {})
             msgs.append(rec["messages"])
-        ds = datasets.Dataset.from_dict({"row_id": rids, "messages": msgs, "metadata": metas})
+        try:
+            ds = datasets.Dataset.from_dict({"row_id": rids, "messages": msgs, "metadata": metas})
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            # A column holds one type: e.g. message content as text in one row and a list of parts in another.
+            raise InvalidInput(
+                f"these chat messages do not fit one Hugging Face `messages` column ({e}): a field, such as "
+                "a message's content, has values of different types in different rows"
+            ) from None
     else:
         ds = datasets.Dataset.from_dict({"row_id": rids, "prompt": prompts, "response": responses, "metadata": metas})
     if test_size is None:

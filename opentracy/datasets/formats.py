@@ -172,8 +172,9 @@ class Normaliser:
         if not isinstance(response, str):
             return err(where, f"field {rf!r} must be a string, not {type_name(response)}")
         row_id = rec.get(m.row_id_field)
-        if row_id is not None and (not isinstance(row_id, str) or not row_id):
-            return err(where, f"field {m.row_id_field!r} must be a non-empty string, not {type_name(row_id)}")
+        problem = _row_id_problem(row_id, m.row_id_field)
+        if problem:
+            return err(where, problem)
         meta = rec.get("metadata")
         if meta is None:
             meta = {}
@@ -216,6 +217,8 @@ class Normaliser:
             extra_msg["content"] = None
         if extra_msg:
             meta["openai_response_message"] = extra_msg
+        if rec.get("metadata") is not None and not isinstance(rec["metadata"], dict):
+            return err(where, f"metadata must be an object, not {type_name(rec['metadata'])}")
         extra_top = {k: v for k, v in rec.items() if k not in ("messages", "metadata", "row_id")}
         if extra_top:
             meta["openai_extra"] = extra_top
@@ -225,9 +228,18 @@ class Normaliser:
         if problem:
             return err(where, problem)
         row_id = rec.get("row_id")
-        if row_id is not None and not isinstance(row_id, str):
-            return err(where, f"field 'row_id' must be a string, not {type_name(row_id)}")
+        problem = _row_id_problem(row_id, "row_id")
+        if problem:
+            return err(where, problem)
         out.add(row_id, msgs[:-1], content, meta, where)
+
+
+def _row_id_problem(row_id: Any, field_name: str) -> str | None:
+    if row_id is None or (isinstance(row_id, str) and row_id):
+        return None
+    if isinstance(row_id, str):
+        return f"field {field_name!r} must not be empty"
+    return f"field {field_name!r} must be a non-empty string, not {type_name(row_id)}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -242,6 +254,7 @@ class _FastRow(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _fast_rows = msgspec.json.Decoder(list[_FastRow])
+_BOM = codecs.BOM_UTF8
 
 
 class SourceFile:
@@ -316,6 +329,9 @@ def read_jsonl(
     norm = Normaliser(mapping, errors, chat=chat)
     fast_ok = mapping.is_default and not chat
     for chunk, first_line in src.chunks(chunk_bytes):
+        if first_line == 1 and chunk.startswith(_BOM):
+            # Windows tools write a byte order mark; it is not part of the first record.
+            chunk = chunk[len(_BOM) :]
         if fast_ok:
             batch = _fast_chunk(chunk, first_line, src.progress)
             if batch is not None:
@@ -385,6 +401,7 @@ def sniff_jsonl(path: str | os.PathLike[str]) -> Literal["jsonl", "openai"]:
     """'openai' when the first record is an OpenAI chat example ({"messages": [...]}) without a prompt."""
     with open(path, "rb") as f:
         for raw in f:
+            raw = raw.removeprefix(_BOM)
             if raw.strip():
                 try:
                     rec = json.loads(raw)
@@ -400,23 +417,24 @@ def sniff_jsonl(path: str | os.PathLike[str]) -> Literal["jsonl", "openai"]:
 
 def read_csv(src: SourceFile, mapping: Mapping, errors: Errors, *, batch_rows: int = 50_000) -> Iterator[Batch]:
     norm = Normaliser(mapping, errors)
-    decoder = codecs.getincrementaldecoder("utf-8")("strict")
     state = {"line": 0}
+    # Lines that are not valid UTF-8 (only when skipping: otherwise the first one raises), and why.
+    bad_utf8: dict[int, str] = {}
 
     def lines() -> Iterator[str]:
         with open(src.path, "rb") as f:
-            for raw in f:
+            for raw in f:  # split at b"\n", which never falls inside a UTF-8 sequence
                 src.sha256.update(raw)
                 src.bytes_read += len(raw)
                 state["line"] += 1
                 try:
-                    yield decoder.decode(raw)
+                    yield raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    raise InvalidInput(
-                        f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})",
-                        file=src.name,
-                        line=state["line"],
-                    ) from None
+                    problem = f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+                    if errors.on_error == "raise" or state["line"] == 1:
+                        raise InvalidInput(problem, file=src.name, line=state["line"]) from None
+                    bad_utf8[state["line"]] = problem
+                    yield raw.decode("utf-8", "replace")  # the record holding this line is skipped below
 
     reader = csv.reader(lines(), strict=True)
     try:
@@ -425,6 +443,9 @@ def read_csv(src: SourceFile, mapping: Mapping, errors: Errors, *, batch_rows: i
         return
     except csv.Error as e:
         raise InvalidInput(f"malformed CSV: {e}", file=src.name, line=state["line"]) from None
+    if bad_utf8:  # a header spanning lines
+        first = min(bad_utf8)
+        raise InvalidInput(bad_utf8[first], file=src.name, line=first)
     if header and header[0].startswith("\ufeff"):
         header[0] = header[0][1:]
     for col in (mapping.prompt, mapping.response):
@@ -449,6 +470,13 @@ def read_csv(src: SourceFile, mapping: Mapping, errors: Errors, *, batch_rows: i
             continue
         where = start
         start = state["line"] + 1
+        if bad_utf8:
+            bad = [n for n in range(where, start) if n in bad_utf8]
+            if bad:
+                errors(bad[0], bad_utf8[bad[0]])
+                for n in bad:
+                    del bad_utf8[n]
+                continue
         if not values or values == [""]:
             continue
         if len(values) != len(header):
@@ -517,12 +545,27 @@ def read_tables(
     """Rows from Arrow record batches (Parquet, Arrow, HF). Row numbers count from 1 across the source."""
     _check_columns(schema, mapping, name, chat)
     norm = Normaliser(mapping, errors, chat=chat)
+    # Our own Parquet export: `prompt` is text, JSON of the chat messages where `prompt_messages` is true.
+    flag = (
+        not chat
+        and mapping.prompt == "prompt"
+        and "prompt_messages" in schema.names
+        and pa.types.is_boolean(schema.field("prompt_messages").type)
+    )
     row = 0
     for rb, progress in tables:
         b = _Builder()
         meta_is_text = "metadata" in rb.schema.names and pa.types.is_string(rb.schema.field("metadata").type)
         for rec in rb.to_pylist():
             row += 1
+            if flag and rec.pop("prompt_messages", None) and isinstance(rec.get("prompt"), str):
+                try:
+                    rec["prompt"] = json.loads(rec["prompt"])
+                except ValueError:
+                    rec["prompt"] = None
+                if not isinstance(rec["prompt"], list):
+                    errors(row, "column 'prompt' must hold JSON messages where 'prompt_messages' is true")
+                    continue
             if meta_is_text and isinstance(rec.get("metadata"), str):
                 try:
                     rec["metadata"] = json.loads(rec["metadata"]) if rec["metadata"] else {}
@@ -719,17 +762,20 @@ def open_source(
         if format in (None, "hf") and "/" in str(path) and not str(path).startswith((".", "/")):
             errs = Errors(str(path), on_error, "row")
             split, schema, gen = hub_batches(str(path), split)
-            return OpenedSource("hf", read_tables(gen, schema, str(path), mapping, errs), errs, None, split)
+            batches = read_tables(gen, schema, str(path), mapping, errs)
+            return OpenedSource("hf", _require_rows(batches, errs, str(path), False), errs, None, split)
         raise InvalidInput("no such file", file=str(path))
     fmt = detect_format(p, format)
     if fmt in ("jsonl", "openai"):
         src = SourceFile(p, name)
         errs = Errors(name, on_error, "line")
-        return OpenedSource(fmt, read_jsonl(src, mapping, errs, chat=fmt == "openai", chunk_bytes=chunk_bytes), errs, src)
+        batches = read_jsonl(src, mapping, errs, chat=fmt == "openai", chunk_bytes=chunk_bytes)
+        return OpenedSource(fmt, _require_rows(batches, errs, name, src.size == 0), errs, src)
     if fmt == "csv":
         src = SourceFile(p, name)
         errs = Errors(name, on_error, "line")
-        return OpenedSource(fmt, read_csv(src, mapping, errs), errs, src)
+        batches = read_csv(src, mapping, errs)
+        return OpenedSource(fmt, _require_rows(batches, errs, name, src.size == 0), errs, src)
     if fmt == "parquet":
         if p.is_dir():
             fmt = "hf"
@@ -742,11 +788,23 @@ def open_source(
                 raise InvalidInput(f"not a readable Parquet file: {e}", file=name) from None
             chat = "messages" in schema.names and mapping.prompt not in schema.names
             hashed = _hashing(gen, src)
-            return OpenedSource(fmt, read_tables(hashed, schema, name, mapping, errs, chat=chat), errs, src)
+            batches = read_tables(hashed, schema, name, mapping, errs, chat=chat)
+            return OpenedSource(fmt, _require_rows(batches, errs, name, False), errs, src)
     errs = Errors(name, on_error, "row")
     split, schema, gen = hf_batches(p, split)
     chat = "messages" in schema.names and mapping.prompt not in schema.names
-    return OpenedSource("hf", read_tables(gen, schema, f"{name} [{split}]", mapping, errs, chat=chat), errs, None, split)
+    batches = read_tables(gen, schema, f"{name} [{split}]", mapping, errs, chat=chat)
+    return OpenedSource("hf", _require_rows(batches, errs, name, False), errs, None, split)
+
+
+def _require_rows(batches: Iterator[Batch], errors: Errors, name: str, empty_file: bool) -> Iterator[Batch]:
+    """Pass the batches through; a source without a single record (empty, only blank lines) is an error."""
+    n = 0
+    for b in batches:
+        n += b.table.num_rows
+        yield b
+    if n == 0 and errors.count == 0:
+        raise InvalidInput("the file is empty" if empty_file else "no rows in the file", file=name)
 
 
 def _hashing(gen: Iterator[tuple[pa.RecordBatch, float]], src: SourceFile) -> Iterator[tuple[pa.RecordBatch, float]]:

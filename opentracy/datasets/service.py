@@ -250,11 +250,15 @@ class DatasetService:
     # ------------------------------------------------------------------------------------------
     # datasets
 
-    def create(self, name: str, description: str = "") -> DatasetInfo:
+    @staticmethod
+    def check_name(name: str) -> None:
         if not NAME_RE.match(name or ""):
             raise InvalidInput(
                 f"bad dataset name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
             )
+
+    def create(self, name: str, description: str = "") -> DatasetInfo:
+        self.check_name(name)
         with self.catalog.session() as s:
             if s.scalar(select(DatasetRecord.id).where(DatasetRecord.name == name)):
                 raise Conflict(f"a dataset named {name!r} already exists")
@@ -298,7 +302,7 @@ class DatasetService:
         with self.catalog.session() as s:
             base = select(DatasetRecord)
             if q:
-                base = base.where(DatasetRecord.name.contains(q))
+                base = base.where(DatasetRecord.name.contains(q, autoescape=True))
             total = s.scalar(select(func.count()).select_from(base.subquery())) or 0
             recs = s.scalars(base.order_by(DatasetRecord.name).offset(max(0, offset)).limit(limit)).all()
             return [self._dataset_info(s, d) for d in recs], total
@@ -377,7 +381,7 @@ class DatasetService:
 
     def _compact(self, con: Any, rows_sql: str) -> SegmentInfo:
         """Write the live rows of a manifest, in order, as one base segment."""
-        tmp = self.artifacts.scratch_dir() / f"compact-{secrets.token_hex(8)}.parquet"
+        tmp = self.artifacts.scratch_file("compact", ".parquet")
         con.execute(
             f"COPY (SELECT row_id, ord, prompt, prompt_messages, response, metadata, row_hash, false AS deleted "
             f"FROM ({rows_sql}) ORDER BY ord) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 65536)"
@@ -794,10 +798,7 @@ class DatasetService:
         """Read a file into the dataset's active version (creating the dataset if needed). All or nothing."""
         t0 = time.perf_counter()
         progress = progress or (lambda f, m: None)
-        if not NAME_RE.match(name or ""):
-            raise InvalidInput(
-                f"bad dataset name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
-            )
+        self.check_name(name)
         mapping = formats.Mapping(prompt_field, response_field, metadata_fields)
         src = formats.open_source(
             path,
@@ -1028,7 +1029,7 @@ class DatasetService:
             reader = con.execute(
                 f"SELECT * FROM read_parquet('{path}') WHERE NOT list_contains(?, ord) ORDER BY ord", [sorted(drop)]
             ).to_arrow_reader(batch_size=50_000)
-            tmp = self.artifacts.scratch_dir() / f"rewrite-{secrets.token_hex(8)}.parquet"
+            tmp = self.artifacts.scratch_file("rewrite", ".parquet")
             import pyarrow.parquet as pq
 
             n = 0

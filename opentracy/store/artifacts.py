@@ -11,6 +11,8 @@ import os
 import shutil
 import tempfile
 import threading
+import time
+import uuid
 from pathlib import Path
 
 import fsspec
@@ -47,6 +49,26 @@ class ArtifactStore:
         d = Path(self.root) / "tmp" if self.is_local else self._cache_dir / "tmp"
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    def scratch_file(self, prefix: str, suffix: str = "") -> Path:
+        """A fresh scratch path; its name carries this process's pid so a later start can tell orphans."""
+        return self.scratch_dir() / f"{prefix}-{os.getpid()}-{uuid.uuid4().hex}{suffix}"
+
+    def clean_scratch(self, *, older_than_s: float = 24 * 3600) -> int:
+        """Remove scratch files left by processes that died mid-write (or, when unknown, old ones)."""
+        removed = 0
+        now = time.time()
+        for p in self.scratch_dir().iterdir():
+            parts = p.name.split("-")
+            pid = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+            dead = pid is not None and pid != os.getpid() and not _alive(pid)
+            try:
+                if dead or now - p.stat().st_mtime > older_than_s:
+                    p.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
 
     def put_file(self, local_path: str | os.PathLike[str], *, prefix: str, suffix: str = "") -> tuple[str, str, int]:
         """Move a finished local file into the store. Returns (key, sha256, size)."""
@@ -118,3 +140,13 @@ class ArtifactStore:
 
     def copy_local(self, src: str, dest: str) -> None:
         shutil.copyfile(src, dest)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -17,7 +17,6 @@ import hashlib
 import os
 import queue
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,7 +133,7 @@ class SegmentWriter:
     cluster_ids: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self._path = str(self.artifacts.scratch_dir() / f"seg-{uuid.uuid4().hex}.parquet")
+        self._path = str(self.artifacts.scratch_file("seg", ".parquet"))
         self._q_hash: queue.Queue[Any] = queue.Queue(maxsize=2)
         self._q_write: queue.Queue[Any] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
@@ -78,9 +80,17 @@ async def upload(name: str, request: Request, engine: Engine = Depends(get_engin
     Form fields: format, prompt_field, response_field, metadata_fields (JSON list or comma-separated),
     split, on_error (raise|skip), description.
     """
-    staging = engine.settings.staging_dir
-    slot = f"up-{secrets.token_hex(8)}"
-    got = await multipart.receive(request, staging / slot)
+    engine.datasets.check_name(name)  # before the body is read: a bad name costs no transfer
+    slot = engine.settings.staging_dir / f"up-{secrets.token_hex(8)}"
+    try:
+        return await _stage_upload(name, request, engine, slot)
+    except BaseException:
+        shutil.rmtree(slot, ignore_errors=True)  # a refused upload leaves nothing staged
+        raise
+
+
+async def _stage_upload(name: str, request: Request, engine: Engine, slot_dir: Path) -> JobInfo:
+    got = await multipart.receive(request, slot_dir)
     f = got.fields
     options: dict[str, Any] = {}
     for key in ("format", "prompt_field", "response_field", "split", "on_error", "description"):
@@ -91,11 +101,20 @@ async def upload(name: str, request: Request, engine: Engine = Depends(get_engin
         try:
             fields = json.loads(raw) if raw.startswith("[") else [x.strip() for x in raw.split(",") if x.strip()]
         except ValueError:
-            raise InvalidInput("metadata_fields must be a JSON list or a comma-separated list of names") from None
+            fields = None
+        if not isinstance(fields, list) or not all(isinstance(x, str) for x in fields):
+            raise InvalidInput("metadata_fields must be a JSON list or a comma-separated list of names")
         options["metadata_fields"] = fields
+    if options.get("on_error", "raise") not in ("raise", "skip"):
+        raise InvalidInput(f"on_error must be 'raise' or 'skip', not {options['on_error']!r}")
+    if "format" in options:
+        from opentracy.datasets.formats import FORMATS
+
+        if options["format"].lower() not in (*FORMATS, "json", "ndjson", "chat", "huggingface", "arrow"):
+            raise InvalidInput(f"unknown format {options['format']!r}; expected one of {', '.join(FORMATS)}")
     params = {
         "dataset": name,
-        "staged": f"{slot}/{got.path.name}",  # type: ignore[union-attr]
+        "staged": f"{slot_dir.name}/{got.path.name}",  # type: ignore[union-attr]
         "filename": got.filename,
         "bytes": got.size,
         "sha256": got.sha256,
@@ -195,7 +214,7 @@ def export(name: str, version: str, format: str = "jsonl", engine: Engine = Depe
     filename = f"{v.label}{EXTENSIONS[fmt]}"
     headers = {"Content-Disposition": f'attachment; filename="{filename}"', "X-Opentracy-Rows": str(v.row_count)}
     if fmt == "parquet":
-        tmp = engine.artifacts.scratch_dir() / f"export-{secrets.token_hex(8)}.parquet"
+        tmp = engine.artifacts.scratch_file("export", ".parquet")
         engine.datasets.export(name, v.number, fmt, tmp)
         return FileResponse(
             tmp, media_type=MEDIA_TYPES[fmt], headers=headers, background=BackgroundTask(tmp.unlink, missing_ok=True)
