@@ -51,8 +51,12 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="opentracy")
-@click.option("--url", envvar="OPENTRACY_URL", default="http://localhost:8000", show_default=True, help="Server URL.")
-@click.option("--api-key", envvar="OPENTRACY_API_KEY", default=None, help="Bearer token, if the server needs one.")
+@click.option(
+    "--url", envvar="OPENTRACY_URL", default="http://localhost:8000", show_default=True, help="Server URL."
+)
+@click.option(
+    "--api-key", envvar="OPENTRACY_API_KEY", default=None, help="Bearer token, if the server needs one."
+)
 @click.pass_context
 def main(ctx: click.Context, url: str, api_key: str | None) -> None:
     """opentracy: turn LLM traffic into training data and cheaper models."""
@@ -89,7 +93,9 @@ def serve(host: str, port: int, log_level: str) -> None:
 
     from opentracy.server import create_app
 
-    click.echo(f"opentracy {__version__} on http://{host}:{port}  (data: {settings.home}, docs: /docs)", err=True)
+    click.echo(
+        f"opentracy {__version__} on http://{host}:{port}  (data: {settings.home}, docs: /docs)", err=True
+    )
     uvicorn.run(create_app(settings=settings), host=host, port=port, log_level=log_level)
 
 
@@ -119,14 +125,27 @@ def _version_line(ds: Any) -> str:
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "openai", "csv", "parquet", "hf"]), default=None)
 @click.option("--prompt-field", default=None, help="Source field that holds the prompt.")
 @click.option("--response-field", default=None, help="Source field that holds the response.")
-@click.option("--metadata-field", "metadata_fields", multiple=True, help="Source fields to keep in metadata (repeat).")
+@click.option(
+    "--metadata-field", "metadata_fields", multiple=True, help="Source fields to keep in metadata (repeat)."
+)
 @click.option("--split", default=None, help="Split of a Hugging Face dataset.")
 @click.option("--skip-bad", is_flag=True, help="Skip bad lines (and list them) instead of failing.")
 @click.option("--description", default=None)
 @click.option("--no-wait", is_flag=True, help="Print the job id and return at once.")
 @click.pass_context
-def ds_upload(ctx: click.Context, name: str, path: str, fmt: str | None, prompt_field: str | None, response_field: str | None,
-              metadata_fields: tuple[str, ...], split: str | None, skip_bad: bool, description: str | None, no_wait: bool) -> None:
+def ds_upload(
+    ctx: click.Context,
+    name: str,
+    path: str,
+    fmt: str | None,
+    prompt_field: str | None,
+    response_field: str | None,
+    metadata_fields: tuple[str, ...],
+    split: str | None,
+    skip_bad: bool,
+    description: str | None,
+    no_wait: bool,
+) -> None:
     """Upload PATH (a file, a Hugging Face folder or Hub id) into dataset NAME."""
     c = _client(ctx)
     got = c.upload_dataset(
@@ -165,7 +184,14 @@ def ds_list(ctx: click.Context, as_json: bool) -> None:
 
     t = Table(_id_col("dataset"), "latest", "status", "rows", "content hash", "warnings")
     for d in items:
-        t.add_row(d.name, d.label, d.status, f"{d.row_count:,}", (d.content_hash or "")[:19], ", ".join(w.code for w in d.warnings))
+        t.add_row(
+            d.name,
+            d.label,
+            d.status,
+            f"{d.row_count:,}",
+            (d.content_hash or "")[:19],
+            ", ".join(w.code for w in d.warnings),
+        )
     _console().print(t)
 
 
@@ -202,7 +228,9 @@ def ds_show(ctx: click.Context, name: str, version: str | None, as_json: bool) -
     con.print(t)
     con.print(f"[bold]{ds.label}[/bold] provenance:")
     for step in ds.provenance:
-        rest = ", ".join(f"{k}={v}" for k, v in step.items() if k not in ("kind", "at") and v not in (None, {}, []))
+        rest = ", ".join(
+            f"{k}={v}" for k, v in step.items() if k not in ("kind", "at") and v not in (None, {}, [])
+        )
         con.print(f"  {step.get('at', '')}  {step.get('kind')}  {rest}")
     _warnings(ds)
 
@@ -216,8 +244,16 @@ def ds_show(ctx: click.Context, name: str, version: str | None, as_json: bool) -
 @click.option("--where", "wheres", multiple=True, help="metadata FIELD=VALUE (repeat).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSONL rows.")
 @click.pass_context
-def ds_rows(ctx: click.Context, name: str, version: str | None, limit: int, query: str | None, tags: tuple[str, ...],
-            wheres: tuple[str, ...], as_json: bool) -> None:
+def ds_rows(
+    ctx: click.Context,
+    name: str,
+    version: str | None,
+    limit: int,
+    query: str | None,
+    tags: tuple[str, ...],
+    wheres: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Rows of a version (filtered, paginated)."""
     where = {}
     for w in wheres:
@@ -235,7 +271,11 @@ def ds_rows(ctx: click.Context, name: str, version: str | None, limit: int, quer
 
     t = Table(_id_col("row_id"), "prompt", "response", "metadata", show_lines=False)
     for r in rows:
-        p = r.prompt if isinstance(r.prompt, str) else " | ".join(f"{m.get('role')}: {m.get('content')}" for m in r.prompt)
+        p = (
+            r.prompt
+            if isinstance(r.prompt, str)
+            else " | ".join(f"{m.get('role')}: {m.get('content')}" for m in r.prompt)
+        )
         t.add_row(r.row_id, _clip(p, 60), _clip(r.response, 30), _clip(json.dumps(r.metadata), 40))
     _console().print(t)
 
@@ -279,7 +319,9 @@ def ds_diff(ctx: click.Context, name: str, a: str | None, b: str | None, limit: 
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
-    click.echo(f"{d['a']} → {d['b']}: +{d['added']:,} added, -{d['removed']:,} removed, ~{d['changed']:,} changed, {d['unchanged']:,} unchanged")
+    click.echo(
+        f"{d['a']} → {d['b']}: +{d['added']:,} added, -{d['removed']:,} removed, ~{d['changed']:,} changed, {d['unchanged']:,} unchanged"
+    )
     for kind, sign in (("added", "+"), ("removed", "-"), ("changed", "~")):
         for rid in d[f"{kind}_ids"][:limit]:
             click.echo(f"  {sign} {rid}")
@@ -288,7 +330,13 @@ def ds_diff(ctx: click.Context, name: str, a: str | None, b: str | None, limit: 
 @datasets.command("export")
 @click.argument("name")
 @click.argument("path")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "openai", "csv", "parquet"]), default="jsonl", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "openai", "csv", "parquet"]),
+    default="jsonl",
+    show_default=True,
+)
 @click.option("--version", default=None)
 @click.pass_context
 def ds_export(ctx: click.Context, name: str, path: str, fmt: str, version: str | None) -> None:
@@ -330,7 +378,14 @@ def jobs_list(ctx: click.Context, status: str | None) -> None:
 
     t = Table(_id_col("job"), _id_col("kind"), _id_col("status"), "progress", "message", "created")
     for j in page["items"]:
-        t.add_row(j["id"], j["kind"], j["status"], f"{j['progress']:.0%}", _clip(j["message"], 50), j["created_at"][:19])
+        t.add_row(
+            j["id"],
+            j["kind"],
+            j["status"],
+            f"{j['progress']:.0%}",
+            _clip(j["message"], 50),
+            j["created_at"][:19],
+        )
     _console().print(t)
 
 

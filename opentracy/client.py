@@ -66,7 +66,12 @@ class Row:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"row_id": self.row_id, "prompt": self.prompt, "response": self.response, "metadata": self.metadata}
+        return {
+            "row_id": self.row_id,
+            "prompt": self.prompt,
+            "response": self.response,
+            "metadata": self.metadata,
+        }
 
 
 @dataclass(frozen=True)
@@ -246,7 +251,16 @@ class Distiller:
 
     # -- jobs --------------------------------------------------------------------------------------
     def _job(self, d: dict[str, Any]) -> Job:
-        return Job(d["id"], d["kind"], d["status"], d["progress"], d["message"], d.get("result"), d.get("error"), self)
+        return Job(
+            d["id"],
+            d["kind"],
+            d["status"],
+            d["progress"],
+            d["message"],
+            d.get("result"),
+            d.get("error"),
+            self,
+        )
 
     def get_job(self, job_id: str) -> Job:
         return self._job(self._json("GET", f"/v1/jobs/{job_id}"))
@@ -275,7 +289,9 @@ class Distiller:
         if job.status == "failed" and job.error:
             cls = _ERRORS.get(job.error.get("code", ""), errors.OpentracyError)
             e = cls.__new__(cls)
-            errors.OpentracyError.__init__(e, job.error.get("message", "job failed"), **(job.error.get("details") or {}))
+            errors.OpentracyError.__init__(
+                e, job.error.get("message", "job failed"), **(job.error.get("details") or {})
+            )
             raise e
         if job.status == "cancelled":
             raise errors.Cancelled(f"job {job_id} was cancelled")
@@ -300,7 +316,9 @@ class Distiller:
         out: list[Dataset] = []
         offset = 0
         while True:
-            page = self._json("GET", "/v1/datasets", params={"limit": 200, "offset": offset, **({"q": q} if q else {})})
+            page = self._json(
+                "GET", "/v1/datasets", params={"limit": 200, "offset": offset, **({"q": q} if q else {})}
+            )
             out += [Dataset._from(self, d["latest"], d["description"]) for d in page["items"] if d["latest"]]
             offset += len(page["items"])
             if not page["items"] or offset >= page["total"]:
@@ -382,7 +400,9 @@ class Distiller:
         job = self.wait_job(job.id, progress=progress)
         return Dataset._from(self, job.result["version"])  # type: ignore[index]
 
-    def freeze(self, name: str, version: int | str = "active", *, wait: bool = True, progress: bool | None = None) -> Dataset | Job:
+    def freeze(
+        self, name: str, version: int | str = "active", *, wait: bool = True, progress: bool | None = None
+    ) -> Dataset | Job:
         """Freeze a version (default: the active one): it becomes immutable and gets its content hash."""
         job = self._job(self._json("POST", f"/v1/datasets/{name}/versions/{version}/freeze"))
         if not wait:
@@ -395,7 +415,9 @@ class Distiller:
         v = self._json("POST", f"/v1/datasets/{name}/versions", json={"parent": parent})
         return Dataset._from(self, v)
 
-    def diff(self, name: str, a: int | str | None = None, b: int | str | None = None, *, limit: int = 1000) -> dict[str, Any]:
+    def diff(
+        self, name: str, a: int | str | None = None, b: int | str | None = None, *, limit: int = 1000
+    ) -> dict[str, Any]:
         """Rows added, removed and changed from version a (default: b's parent) to b (default: latest)."""
         params = {k: v for k, v in {"a": a, "b": b, "limit": limit}.items() if v is not None}
         return self._json("GET", f"/v1/datasets/{name}/diff", params=params)
@@ -421,7 +443,9 @@ class Distiller:
         cursor = None
         while True:
             page = self._json(
-                "GET", f"/v1/datasets/{name}/versions/{ver}/rows", params={**params, **({"cursor": cursor} if cursor else {})}
+                "GET",
+                f"/v1/datasets/{name}/versions/{ver}/rows",
+                params={**params, **({"cursor": cursor} if cursor else {})},
             )
             for r in page["rows"]:
                 yield Row(r["row_id"], r["prompt"], r["response"], r.get("metadata") or {})
@@ -447,20 +471,33 @@ class Distiller:
         metadata: dict[str, Any] | None = None,
         version: int | str = "active",
     ) -> Row:
-        body = {k: v for k, v in {"prompt": prompt, "response": response, "metadata": metadata}.items() if v is not None}
+        body = {
+            k: v
+            for k, v in {"prompt": prompt, "response": response, "metadata": metadata}.items()
+            if v is not None
+        }
         r = self._json("PATCH", f"/v1/datasets/{name}/versions/{version}/rows/{row_id}", json=body)
         return Row(r["row_id"], r["prompt"], r["response"], r.get("metadata") or {})
 
     def update_rows(self, name: str, rows: list[dict[str, Any]], version: int | str = "active") -> list[Row]:
-        got = self._json("PATCH", f"/v1/datasets/{name}/versions/{version}/rows", json={"rows": rows})["items"]
+        got = self._json("PATCH", f"/v1/datasets/{name}/versions/{version}/rows", json={"rows": rows})[
+            "items"
+        ]
         return [Row(r["row_id"], r["prompt"], r["response"], r.get("metadata") or {}) for r in got]
 
     def delete_rows(self, name: str, row_ids: list[str], version: int | str = "active") -> Dataset:
-        v = self._json("POST", f"/v1/datasets/{name}/versions/{version}/rows/delete", json={"row_ids": list(row_ids)})
+        v = self._json(
+            "POST", f"/v1/datasets/{name}/versions/{version}/rows/delete", json={"row_ids": list(row_ids)}
+        )
         return Dataset._from(self, v)
 
     def export(
-        self, name: str, path: str | os.PathLike[str], *, format: str = "jsonl", version: int | str | None = None
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        *,
+        format: str = "jsonl",
+        version: int | str | None = None,
     ) -> Path:
         """Download a version as jsonl (spec rows), openai (chat fine-tuning JSONL), csv or parquet."""
         ver = version if version is not None else "latest"
@@ -468,7 +505,9 @@ class Distiller:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
         try:
-            with self._http.stream("GET", f"/v1/datasets/{name}/versions/{ver}/export", params={"format": format}) as resp:
+            with self._http.stream(
+                "GET", f"/v1/datasets/{name}/versions/{ver}/export", params={"format": format}
+            ) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     _raise_for(resp)
@@ -483,7 +522,12 @@ class Distiller:
         return dest
 
     def to_hf(
-        self, name: str, *, version: int | str | None = None, test_size: float | int | None = None, seed: int = 0
+        self,
+        name: str,
+        *,
+        version: int | str | None = None,
+        test_size: float | int | None = None,
+        seed: int = 0,
     ) -> Any:
         """The version as a Hugging Face `datasets.Dataset`, or a train/validation `DatasetDict` with
         `test_size` (deterministic for a seed)."""

@@ -31,7 +31,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
-        home = Path(str(overrides.pop("home", None) or os.environ.get("OPENTRACY_HOME") or ".opentracy")).resolve()
+        home = Path(
+            str(overrides.pop("home", None) or os.environ.get("OPENTRACY_HOME") or ".opentracy")
+        ).resolve()
         db = overrides.pop("database_url", None) or os.environ.get("OPENTRACY_DATABASE_URL")
         if not db:
             db = f"sqlite:///{home / 'catalog.db'}"
@@ -44,7 +46,9 @@ class Settings:
             database_url=str(db),
             artifacts_url=str(art),
             api_key=str(key) if key else None,
-            ingest_chunk_bytes=int(overrides.pop("ingest_chunk_bytes", 0) or _int_env("OPENTRACY_INGEST_CHUNK_BYTES", 4 << 20)),
+            ingest_chunk_bytes=int(
+                overrides.pop("ingest_chunk_bytes", 0) or _int_env("OPENTRACY_INGEST_CHUNK_BYTES", 4 << 20)
+            ),
             job_workers=int(overrides.pop("job_workers", 0) or _int_env("OPENTRACY_JOB_WORKERS", 2)),
         )
 

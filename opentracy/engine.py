@@ -20,7 +20,9 @@ class Engine:
         self.settings.staging_dir.mkdir(parents=True, exist_ok=True)
         self.catalog = Catalog(self.settings.database_url)
         self.artifacts = ArtifactStore(self.settings.artifacts_url, cache_dir=self.settings.home / "cache")
-        self.datasets = DatasetService(self.catalog, self.artifacts, chunk_bytes=self.settings.ingest_chunk_bytes)
+        self.datasets = DatasetService(
+            self.catalog, self.artifacts, chunk_bytes=self.settings.ingest_chunk_bytes
+        )
         self.jobs = JobRunner(self.catalog, workers=self.settings.job_workers)
         dataset_jobs.register(self.jobs, self.datasets, self.settings.staging_dir)
         self._started = False

@@ -17,7 +17,11 @@ class OpentracyError(Exception):
         self.details = {k: v for k, v in details.items() if v is not None}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, **({"details": self.details} if self.details else {})}
+        return {
+            "code": self.code,
+            "message": self.message,
+            **({"details": self.details} if self.details else {}),
+        }
 
 
 class NotFound(OpentracyError):
@@ -39,7 +43,13 @@ class InvalidInput(OpentracyError):
     code = "invalid_input"
 
     def __init__(
-        self, message: str, *, file: str | None = None, line: int | None = None, row: int | None = None, **kw: Any
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        row: int | None = None,
+        **kw: Any,
     ) -> None:
         where = ""
         if file is not None:

@@ -98,7 +98,9 @@ class ServerThread:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(engine), host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            create_app(engine), host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -145,12 +147,18 @@ def write_jsonl(tmp_path: Path):  # type: ignore[no-untyped-def]
     return _write
 
 
-def spec_rows(n: int, *, cluster_id: int | None = 34, tags: tuple[str, ...] = ("ticket_classifier",)) -> list[dict]:
+def spec_rows(
+    n: int, *, cluster_id: int | None = 34, tags: tuple[str, ...] = ("ticket_classifier",)
+) -> list[dict]:
     """n rows in the spec's shape (ticket classification)."""
     labels = ["billing", "technical", "feature_request"]
     out = []
     for i in range(n):
-        meta: dict = {"source_trace_id": f"t_{i:04x}", "tags": list(tags), "judge_score": round((i % 10) / 10, 1)}
+        meta: dict = {
+            "source_trace_id": f"t_{i:04x}",
+            "tags": list(tags),
+            "judge_score": round((i % 10) / 10, 1),
+        }
         if cluster_id is not None:
             meta["cluster_id"] = cluster_id
         out.append(

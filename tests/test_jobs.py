@@ -42,7 +42,11 @@ def test_job_errors_are_recorded(engine):
     engine.jobs.register("test.bad", bad_input)
     engine.jobs.register("test.crash", crash)
     a = engine.jobs.wait(engine.jobs.submit("test.bad", {}).id, timeout=10)
-    assert a.status == "failed" and a.error["code"] == "invalid_input" and a.error["message"] == "f.jsonl, line 3: line 3 is wrong"
+    assert (
+        a.status == "failed"
+        and a.error["code"] == "invalid_input"
+        and a.error["message"] == "f.jsonl, line 3: line 3 is wrong"
+    )
     b = engine.jobs.wait(engine.jobs.submit("test.crash", {}).id, timeout=10)
     assert b.status == "failed" and b.error == {"code": "internal_error", "message": "RuntimeError: boom"}
     assert any("Traceback" in line["message"] for line in engine.jobs.logs(b.id))
@@ -84,11 +88,17 @@ def test_cancelled_upload_writes_nothing(engine, write_jsonl):
         {"dataset": "big", "staged": "slot/rows.jsonl", "filename": "rows.jsonl", "options": {}},
     )
     # (the file is not staged: the job fails clearly instead)
-    assert engine.jobs.wait(job.id, timeout=10).error["message"].startswith("the uploaded file is no longer staged")
+    assert (
+        engine.jobs.wait(job.id, timeout=10)
+        .error["message"]
+        .startswith("the uploaded file is no longer staged")
+    )
     staged = engine.settings.staging_dir / "slot2"
     staged.mkdir(parents=True)
     (staged / "rows.jsonl").write_bytes(path.read_bytes())
-    job = engine.jobs.submit("dataset.upload", {"dataset": "big", "staged": "slot2/rows.jsonl", "filename": "rows.jsonl"})
+    job = engine.jobs.submit(
+        "dataset.upload", {"dataset": "big", "staged": "slot2/rows.jsonl", "filename": "rows.jsonl"}
+    )
     engine.jobs.cancel(job.id)
     end = engine.jobs.wait(job.id, timeout=30)
     if end.status == "cancelled":
@@ -108,10 +118,30 @@ def test_recover_after_restart(settings):
             ("job_freeze", "dataset.freeze", "running"),
             ("job_queued", "dataset.freeze", "queued"),
         ):
-            s.add(JobRecord(id=jid, kind=kind, status=status, progress=0.3, message="", params={"dataset": "nope", "version": 1},
-                            attempts=1, cancel_requested=False))
-        s.add(JobRecord(id="job_cancel", kind="dataset.freeze", status="running", progress=0.3, message="", params={},
-                        attempts=1, cancel_requested=True))
+            s.add(
+                JobRecord(
+                    id=jid,
+                    kind=kind,
+                    status=status,
+                    progress=0.3,
+                    message="",
+                    params={"dataset": "nope", "version": 1},
+                    attempts=1,
+                    cancel_requested=False,
+                )
+            )
+        s.add(
+            JobRecord(
+                id="job_cancel",
+                kind="dataset.freeze",
+                status="running",
+                progress=0.3,
+                message="",
+                params={},
+                attempts=1,
+                cancel_requested=True,
+            )
+        )
     eng.start()
     try:
         lost = eng.jobs.get("job_lost")

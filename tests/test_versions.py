@@ -25,7 +25,9 @@ def test_create_empty_dataset_has_active_v1(engine):
 
 
 def test_add_edit_delete_in_active_version(tickets):
-    v = tickets.add_rows("tickets", [{"prompt": "new one", "response": "billing", "metadata": {"tags": ["x"]}}])
+    v = tickets.add_rows(
+        "tickets", [{"prompt": "new one", "response": "billing", "metadata": {"tags": ["x"]}}]
+    )
     assert v.row_count == 301
     new = tickets.rows("tickets", limit=1000, q="new one").rows
     assert len(new) == 1 and new[0].row_id.startswith("r_")
@@ -41,7 +43,9 @@ def test_add_edit_delete_in_active_version(tickets):
     with pytest.raises(NotFound):
         tickets.get_row("tickets", "r_0000001")
     # bulk edit
-    out = tickets.update_rows("tickets", [{"row_id": "r_0000010", "response": "a"}, {"row_id": "r_0000011", "response": "b"}])
+    out = tickets.update_rows(
+        "tickets", [{"row_id": "r_0000010", "response": "a"}, {"row_id": "r_0000011", "response": "b"}]
+    )
     assert [r.response for r in out] == ["a", "b"]
 
 
@@ -49,7 +53,13 @@ def test_write_errors(tickets):
     with pytest.raises(Conflict, match="already in the version"):
         tickets.add_rows("tickets", [{"row_id": "r_0000003", "prompt": "p", "response": "r"}])
     with pytest.raises(InvalidInput, match="appears twice"):
-        tickets.add_rows("tickets", [{"row_id": "a", "prompt": "p", "response": "r"}, {"row_id": "a", "prompt": "p", "response": "r"}])
+        tickets.add_rows(
+            "tickets",
+            [
+                {"row_id": "a", "prompt": "p", "response": "r"},
+                {"row_id": "a", "prompt": "p", "response": "r"},
+            ],
+        )
     with pytest.raises(NotFound, match="nothing was deleted"):
         tickets.delete_rows("tickets", ["r_0000004", "no-such-row"])
     assert tickets.get_row("tickets", "r_0000004")
@@ -90,7 +100,10 @@ def test_new_version_shares_segments_and_one_active(engine, tickets):
     tickets.update_row("tickets", "r_0000000", response="edited")
     assert tickets.get_row("tickets", "r_0000000", 1).response == "billing"  # the parent is untouched
     assert tickets.get_row("tickets", "r_0000000", 2).response == "edited"
-    assert any(p["kind"] == "new_version" and p["parent"] == "tickets-v1" for p in tickets.version("tickets", 2).provenance)
+    assert any(
+        p["kind"] == "new_version" and p["parent"] == "tickets-v1"
+        for p in tickets.version("tickets", 2).provenance
+    )
 
 
 def test_freeze_compacts_and_hash_is_content_identity(engine, write_jsonl):
@@ -221,7 +234,9 @@ def test_warnings(engine, write_jsonl):
     engine.datasets.upload("few", write_jsonl(spec_rows(50), "few.jsonl"))
     codes = {w.code for w in engine.datasets.version("few").warnings}
     assert codes == {"too_few_rows", "not_curated"}
-    mixed = spec_rows(250, cluster_id=12) + [dict(r, row_id=f"x{i}", metadata={"cluster_id": 34}) for i, r in enumerate(spec_rows(5))]
+    mixed = spec_rows(250, cluster_id=12) + [
+        dict(r, row_id=f"x{i}", metadata={"cluster_id": 34}) for i, r in enumerate(spec_rows(5))
+    ]
     engine.datasets.upload("mixed", write_jsonl(mixed, "mixed.jsonl"))
     w = {w.code: w.message for w in engine.datasets.version("mixed").warnings}
     assert set(w) == {"mixed_clusters", "not_curated"}
@@ -244,7 +259,9 @@ def test_many_small_writes_are_compacted(engine, tickets, monkeypatch):
         tickets.update_row("tickets", f"r_{i:07d}", response=f"v{i}")
     v = tickets.version("tickets")
     assert v.segments <= 5
-    assert [tickets.get_row("tickets", f"r_{i:07d}").response for i in range(7)] == [f"v{i}" for i in range(7)]
+    assert [tickets.get_row("tickets", f"r_{i:07d}").response for i in range(7)] == [
+        f"v{i}" for i in range(7)
+    ]
     assert v.row_count == 300
 
 

@@ -53,7 +53,10 @@ def check_format(fmt: str) -> str:
 
 def _cols(rb: pa.RecordBatch) -> tuple[list[Any], ...]:
     names = rb.schema.names
-    return tuple(rb.column(names.index(c)).to_pylist() for c in ("row_id", "prompt", "prompt_messages", "response", "metadata"))
+    return tuple(
+        rb.column(names.index(c)).to_pylist()
+        for c in ("row_id", "prompt", "prompt_messages", "response", "metadata")
+    )
 
 
 def _jsonl_lines(rb: pa.RecordBatch) -> bytes:
@@ -61,8 +64,15 @@ def _jsonl_lines(rb: pa.RecordBatch) -> bytes:
     for rid, prompt, is_msgs, response, meta in zip(*_cols(rb), strict=True):
         # prompt (when messages) and metadata are stored as JSON text already: splice, don't re-encode.
         out.append(
-            b'{"row_id":' + _enc.encode(rid) + b',"prompt":' + (prompt.encode() if is_msgs else _enc.encode(prompt))
-            + b',"response":' + _enc.encode(response) + b',"metadata":' + (meta or "{}").encode() + b"}\n"
+            b'{"row_id":'
+            + _enc.encode(rid)
+            + b',"prompt":'
+            + (prompt.encode() if is_msgs else _enc.encode(prompt))
+            + b',"response":'
+            + _enc.encode(response)
+            + b',"metadata":'
+            + (meta or "{}").encode()
+            + b"}\n"
         )
     return b"".join(out)
 
@@ -130,7 +140,10 @@ def write_export(batches: Iterator[pa.RecordBatch], fmt: str, dest: str | os.Pat
                 for rb in batches:
                     n += rb.num_rows
                     w.write_batch(
-                        pa.record_batch([rb.column(rb.schema.names.index(c)) for c in EXPORT_SCHEMA.names], schema=EXPORT_SCHEMA)
+                        pa.record_batch(
+                            [rb.column(rb.schema.names.index(c)) for c in EXPORT_SCHEMA.names],
+                            schema=EXPORT_SCHEMA,
+                        )
                     )
         else:
 
@@ -150,7 +163,9 @@ def write_export(batches: Iterator[pa.RecordBatch], fmt: str, dest: str | os.Pat
     return n
 
 
-def to_hf(table: pa.Table, *, test_size: float | int | None = None, seed: int = 0, messages: bool | None = None) -> Any:
+def to_hf(
+    table: pa.Table, *, test_size: float | int | None = None, seed: int = 0, messages: bool | None = None
+) -> Any:
     """A `datasets.Dataset` (or a `DatasetDict` with train/validation when `test_size` is given).
 
     Columns: row_id, prompt, response, metadata (JSON text) — or row_id, messages, metadata when the rows
@@ -182,7 +197,9 @@ def to_hf(table: pa.Table, *, test_size: float | int | None = None, seed: int = 
                 "a message's content, has values of different types in different rows"
             ) from None
     else:
-        ds = datasets.Dataset.from_dict({"row_id": rids, "prompt": prompts, "response": responses, "metadata": metas})
+        ds = datasets.Dataset.from_dict(
+            {"row_id": rids, "prompt": prompts, "response": responses, "metadata": metas}
+        )
     if test_size is None:
         return ds
     if len(ds) < 2:

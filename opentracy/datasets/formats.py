@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Union
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
@@ -64,8 +64,10 @@ class Mapping:
 
     @property
     def is_default(self) -> bool:
-        return self.prompt_field in (None, "prompt") and self.response_field in (None, "response") and (
-            self.metadata_fields is None
+        return (
+            self.prompt_field in (None, "prompt")
+            and self.response_field in (None, "response")
+            and (self.metadata_fields is None)
         )
 
     @property
@@ -113,7 +115,9 @@ class _Builder:
     def __len__(self) -> int:
         return len(self.prompt)
 
-    def add(self, row_id: str | None, prompt: Any, response: str, meta: dict[str, Any] | str, line: int) -> None:
+    def add(
+        self, row_id: str | None, prompt: Any, response: str, meta: dict[str, Any] | str, line: int
+    ) -> None:
         self.row_id.append(row_id)
         if isinstance(prompt, str):
             self.prompt.append(prompt)
@@ -168,7 +172,9 @@ class Normaliser:
             if problem:
                 return err(where, f"field {pf!r}: {problem}")
         elif not isinstance(prompt, str):
-            return err(where, f"field {pf!r} must be a string or a list of chat messages, not {type_name(prompt)}")
+            return err(
+                where, f"field {pf!r} must be a string or a list of chat messages, not {type_name(prompt)}"
+            )
         if not isinstance(response, str):
             return err(where, f"field {rf!r} must be a string, not {type_name(response)}")
         row_id = rec.get(m.row_id_field)
@@ -247,9 +253,9 @@ def _row_id_problem(row_id: Any, field_name: str) -> str | None:
 
 
 class _FastRow(msgspec.Struct, forbid_unknown_fields=True):
-    prompt: Union[str, list[dict[str, Any]]]
+    prompt: str | list[dict[str, Any]]
     response: str
-    row_id: Union[str, None] = None
+    row_id: str | None = None
     metadata: msgspec.Raw = msgspec.Raw(b"{}")
 
 
@@ -407,7 +413,11 @@ def sniff_jsonl(path: str | os.PathLike[str]) -> Literal["jsonl", "openai"]:
                     rec = json.loads(raw)
                 except (ValueError, UnicodeDecodeError):
                     return "jsonl"  # the reader names the problem
-                return "openai" if isinstance(rec, dict) and "messages" in rec and "prompt" not in rec else "jsonl"
+                return (
+                    "openai"
+                    if isinstance(rec, dict) and "messages" in rec and "prompt" not in rec
+                    else "jsonl"
+                )
     return "jsonl"
 
 
@@ -415,7 +425,9 @@ def sniff_jsonl(path: str | os.PathLike[str]) -> Literal["jsonl", "openai"]:
 # CSV
 
 
-def read_csv(src: SourceFile, mapping: Mapping, errors: Errors, *, batch_rows: int = 50_000) -> Iterator[Batch]:
+def read_csv(
+    src: SourceFile, mapping: Mapping, errors: Errors, *, batch_rows: int = 50_000
+) -> Iterator[Batch]:
     norm = Normaliser(mapping, errors)
     state = {"line": 0}
     # Lines that are not valid UTF-8 (only when skipping: otherwise the first one raises), and why.
@@ -516,7 +528,8 @@ def _check_columns(schema: pa.Schema, mapping: Mapping, name: str, chat: bool) -
     for col, what in ((mapping.prompt, "prompt"), (mapping.response, "response")):
         if col not in names:
             raise InvalidInput(
-                f"no {what} column {col!r} (columns: {', '.join(names)}); choose one with {what}_field=", file=name
+                f"no {what} column {col!r} (columns: {', '.join(names)}); choose one with {what}_field=",
+                file=name,
             )
     rt = schema.field(mapping.response).type
     if not (pa.types.is_string(rt) or pa.types.is_large_string(rt)):
@@ -526,7 +539,12 @@ def _check_columns(schema: pa.Schema, mapping: Mapping, name: str, chat: bool) -
             file=name,
         )
     pt = schema.field(mapping.prompt).type
-    if not (pa.types.is_string(pt) or pa.types.is_large_string(pt) or pa.types.is_list(pt) or pa.types.is_large_list(pt)):
+    if not (
+        pa.types.is_string(pt)
+        or pa.types.is_large_string(pt)
+        or pa.types.is_list(pt)
+        or pa.types.is_large_list(pt)
+    ):
         raise InvalidInput(
             f"column {mapping.prompt!r} has type {pt}; the prompt must be a string or a list of chat messages",
             file=name,
@@ -581,7 +599,9 @@ def read_tables(
         yield b.batch(progress)
 
 
-def parquet_batches(path: Path, batch_rows: int = 50_000) -> tuple[pa.Schema, Iterator[tuple[pa.RecordBatch, float]]]:
+def parquet_batches(
+    path: Path, batch_rows: int = 50_000
+) -> tuple[pa.Schema, Iterator[tuple[pa.RecordBatch, float]]]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
@@ -612,8 +632,10 @@ def arrow_file_batches(paths: list[Path]) -> tuple[pa.Schema, Iterator[tuple[pa.
     def gen() -> Iterator[tuple[pa.RecordBatch, float]]:
         for i, p in enumerate(paths):
             r = first if i == 0 else open_reader(p)
-            batches = r if hasattr(r, "read_next_batch") and not hasattr(r, "num_record_batches") else (
-                r.get_batch(j) for j in range(r.num_record_batches)
+            batches = (
+                r
+                if hasattr(r, "read_next_batch") and not hasattr(r, "num_record_batches")
+                else (r.get_batch(j) for j in range(r.num_record_batches))
             )
             for rb in batches:
                 yield rb, i / len(paths)
@@ -644,7 +666,9 @@ def hf_splits(folder: Path) -> dict[str, list[Path]]:
     # A plain folder of parquet/arrow files, as on the Hub: split folders or `{split}-00000-of-00001.parquet`.
     files = sorted(p for p in folder.rglob("*") if p.suffix in (".parquet", ".arrow") and p.is_file())
     if not files:
-        raise InvalidInput("no dataset found: expected a `save_to_disk` folder or .parquet/.arrow files", file=str(folder))
+        raise InvalidInput(
+            "no dataset found: expected a `save_to_disk` folder or .parquet/.arrow files", file=str(folder)
+        )
     out: dict[str, list[Path]] = {}
     for p in files:
         rel = p.relative_to(folder).parts
@@ -664,7 +688,9 @@ def _saved_files(d: Path) -> list[Path]:
     return [d / f["filename"] for f in state["_data_files"]]
 
 
-def hf_batches(folder: Path, split: str | None) -> tuple[str, pa.Schema, Iterator[tuple[pa.RecordBatch, float]]]:
+def hf_batches(
+    folder: Path, split: str | None
+) -> tuple[str, pa.Schema, Iterator[tuple[pa.RecordBatch, float]]]:
     splits = hf_splits(folder)
     if split is None:
         if len(splits) == 1:
@@ -672,7 +698,9 @@ def hf_batches(folder: Path, split: str | None) -> tuple[str, pa.Schema, Iterato
         elif "train" in splits:
             split = "train"
         else:
-            raise InvalidInput(f"choose a split with split= (this dataset has: {', '.join(splits)})", file=str(folder))
+            raise InvalidInput(
+                f"choose a split with split= (this dataset has: {', '.join(splits)})", file=str(folder)
+            )
     if split not in splits:
         raise InvalidInput(f"no split {split!r} (this dataset has: {', '.join(splits)})", file=str(folder))
     files = splits[split]
@@ -683,16 +711,22 @@ def hf_batches(folder: Path, split: str | None) -> tuple[str, pa.Schema, Iterato
     return split, schema, gen
 
 
-def hub_batches(repo_id: str, split: str | None) -> tuple[str, pa.Schema, Iterator[tuple[pa.RecordBatch, float]]]:
+def hub_batches(
+    repo_id: str, split: str | None
+) -> tuple[str, pa.Schema, Iterator[tuple[pa.RecordBatch, float]]]:
     """A dataset from the Hugging Face Hub (needs the network and the `datasets` package)."""
     try:
         import datasets
     except ImportError:
-        raise InvalidInput("loading from the Hugging Face Hub needs `pip install opentracy[hf]`", file=repo_id) from None
+        raise InvalidInput(
+            "loading from the Hugging Face Hub needs `pip install opentracy[hf]`", file=repo_id
+        ) from None
     try:
         ds = datasets.load_dataset(repo_id, split=split or "train")
     except Exception as e:  # network, auth, unknown repo: all become one clear message
-        raise InvalidInput(f"could not load {repo_id!r} from the Hugging Face Hub: {e}", file=repo_id) from None
+        raise InvalidInput(
+            f"could not load {repo_id!r} from the Hugging Face Hub: {e}", file=repo_id
+        ) from None
     table = ds.data.table
     total = max(1, len(table))
 
@@ -735,7 +769,7 @@ class OpenedSource:
     format: str
     batches: Iterator[Batch]
     errors: Errors
-    file: SourceFile | None
+    file: SourceFile | FilesDigest | None
     split: str | None = None
 
     def sha256(self) -> str | None:
@@ -793,8 +827,26 @@ def open_source(
     errs = Errors(name, on_error, "row")
     split, schema, gen = hf_batches(p, split)
     chat = "messages" in schema.names and mapping.prompt not in schema.names
-    batches = read_tables(gen, schema, f"{name} [{split}]", mapping, errs, chat=chat)
-    return OpenedSource("hf", _require_rows(batches, errs, name, False), errs, None, split)
+    # Provenance names the folder and split, and hashes the split's data files in order.
+    digest = FilesDigest(f"{name}[{split}]", hf_splits(p)[split])
+    batches = read_tables(digest.after(gen), schema, f"{name} [{split}]", mapping, errs, chat=chat)
+    return OpenedSource("hf", _require_rows(batches, errs, name, False), errs, digest, split)
+
+
+class FilesDigest:
+    """sha256 over several files, in order, taken once they have been read through (for provenance)."""
+
+    def __init__(self, name: str, files: list[Path]) -> None:
+        self.name = name
+        self.files = files
+        self.sha256 = hashlib.sha256()
+
+    def after(self, gen: Iterator[tuple[pa.RecordBatch, float]]) -> Iterator[tuple[pa.RecordBatch, float]]:
+        yield from gen
+        for f in self.files:
+            with open(f, "rb") as fh:
+                while chunk := fh.read(8 << 20):
+                    self.sha256.update(chunk)
 
 
 def _require_rows(batches: Iterator[Batch], errors: Errors, name: str, empty_file: bool) -> Iterator[Batch]:
@@ -807,11 +859,12 @@ def _require_rows(batches: Iterator[Batch], errors: Errors, name: str, empty_fil
         raise InvalidInput("the file is empty" if empty_file else "no rows in the file", file=name)
 
 
-def _hashing(gen: Iterator[tuple[pa.RecordBatch, float]], src: SourceFile) -> Iterator[tuple[pa.RecordBatch, float]]:
+def _hashing(
+    gen: Iterator[tuple[pa.RecordBatch, float]], src: SourceFile
+) -> Iterator[tuple[pa.RecordBatch, float]]:
     """Hash a file read by another library (Parquet) once it has been read through."""
     yield from gen
     with open(src.path, "rb") as f:
         while chunk := f.read(8 << 20):
             src.sha256.update(chunk)
             src.bytes_read += len(chunk)
-

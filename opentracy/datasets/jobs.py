@@ -35,12 +35,17 @@ def register(runner: JobRunner, datasets: DatasetService, staging_dir: Path) -> 
             job_id=ctx.job_id,
             **p.get("options", {}),
         )
-        ctx.log(f"uploaded {res.rows_added:,} rows into {res.version.label}" + (f"; skipped {res.skipped}" if res.skipped else ""))
+        ctx.log(
+            f"uploaded {res.rows_added:,} rows into {res.version.label}"
+            + (f"; skipped {res.skipped}" if res.skipped else "")
+        )
         return res.model_dump(mode="json")
 
     def cleanup_upload(params: dict[str, Any]) -> None:
         staged = staging_dir / params["staged"]
-        shutil.rmtree(staged.parent, ignore_errors=True) if staged.parent != staging_dir else staged.unlink(missing_ok=True)
+        shutil.rmtree(staged.parent, ignore_errors=True) if staged.parent != staging_dir else staged.unlink(
+            missing_ok=True
+        )
 
     def freeze(ctx: JobContext) -> dict[str, Any]:
         p = ctx.params

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -44,20 +44,20 @@ class DatasetInfo(BaseModel):
 
 class RowIn(BaseModel):
     row_id: str | None = None
-    prompt: Union[str, list[dict[str, Any]]]
+    prompt: str | list[dict[str, Any]]
     response: str
     metadata: dict[str, Any] = {}
 
 
 class RowPatch(BaseModel):
-    prompt: Union[str, list[dict[str, Any]], None] = None
+    prompt: str | list[dict[str, Any]] | None = None
     response: str | None = None
     metadata: dict[str, Any] | None = None
 
 
 class RowOut(BaseModel):
     row_id: str
-    prompt: Union[str, list[dict[str, Any]]]
+    prompt: str | list[dict[str, Any]]
     response: str
     metadata: dict[str, Any]
 

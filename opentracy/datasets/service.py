@@ -7,6 +7,7 @@ by copying its manifest, not its rows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -68,7 +69,9 @@ def label(name: str, number: int) -> str:
     return f"{name}-v{number}"
 
 
-def warnings_for(row_count: int, stats: dict[str, Any], provenance: list[dict[str, Any]]) -> list[DatasetWarning]:
+def warnings_for(
+    row_count: int, stats: dict[str, Any], provenance: list[dict[str, Any]]
+) -> list[DatasetWarning]:
     """The spec's three 'common mistakes', as warnings on a version."""
     out: list[DatasetWarning] = []
     if row_count < MIN_DISTILL_ROWS:
@@ -206,9 +209,15 @@ class DatasetService:
             return label(ds.name, v.number) if v else version_id
 
     def _dataset_info(self, s: Any, ds: DatasetRecord) -> DatasetInfo:
-        n = s.scalar(select(func.count()).select_from(VersionRecord).where(VersionRecord.dataset_id == ds.id)) or 0
+        n = (
+            s.scalar(select(func.count()).select_from(VersionRecord).where(VersionRecord.dataset_id == ds.id))
+            or 0
+        )
         latest = s.scalar(
-            select(VersionRecord).where(VersionRecord.dataset_id == ds.id).order_by(VersionRecord.number.desc()).limit(1)
+            select(VersionRecord)
+            .where(VersionRecord.dataset_id == ds.id)
+            .order_by(VersionRecord.number.desc())
+            .limit(1)
         )
         return DatasetInfo(
             id=ds.id,
@@ -297,7 +306,9 @@ class DatasetService:
         with self.catalog.session() as s:
             return self._dataset_info(s, self._dataset(s, name))
 
-    def list(self, *, limit: int = 50, offset: int = 0, q: str | None = None) -> tuple[list[DatasetInfo], int]:
+    def list(
+        self, *, limit: int = 50, offset: int = 0, q: str | None = None
+    ) -> tuple[list[DatasetInfo], int]:
         limit = max(1, min(int(limit), 500))
         with self.catalog.session() as s:
             base = select(DatasetRecord)
@@ -310,7 +321,9 @@ class DatasetService:
     def delete(self, name: str, confirm: str | None) -> None:
         """Delete a dataset and all its versions. `confirm` must repeat the name: nothing goes implicitly."""
         if confirm != name:
-            raise InvalidInput(f"deleting a dataset removes every version of it; confirm by passing its name ({name!r})")
+            raise InvalidInput(
+                f"deleting a dataset removes every version of it; confirm by passing its name ({name!r})"
+            )
         with self.catalog.session() as s:
             ds = self._dataset(s, name)
             versions = s.scalars(select(VersionRecord).where(VersionRecord.dataset_id == ds.id)).all()
@@ -339,7 +352,9 @@ class DatasetService:
             ).all()
             return [self._info(ds, v) for v in vs]
 
-    def freeze(self, name: str, version: int | str | None = None, *, progress: ProgressFn | None = None) -> VersionInfo:
+    def freeze(
+        self, name: str, version: int | str | None = None, *, progress: ProgressFn | None = None
+    ) -> VersionInfo:
         """Make a version immutable: compact its segments into one and record its content hash."""
         progress = progress or (lambda f, m: None)
         with self.catalog.session() as s:
@@ -367,10 +382,21 @@ class DatasetService:
         with self.catalog.session() as s:
             ds = self._dataset(s, name)
             v = s.get(VersionRecord, v.id)
-            stats = _merge_clusters({k: x for k, x in (v.stats or {}).items() if k not in ("cluster_ids", "cluster_count")}, clusters)
+            stats = _merge_clusters(
+                {k: x for k, x in (v.stats or {}).items() if k not in ("cluster_ids", "cluster_count")},
+                clusters,
+            )
             now = utcnow()
             self._save_manifest(
-                s, v, rev, status="frozen", manifest=segs, content_hash=digest, row_count=count, stats=stats, frozen_at=now
+                s,
+                v,
+                rev,
+                status="frozen",
+                manifest=segs,
+                content_hash=digest,
+                row_count=count,
+                stats=stats,
+                frozen_at=now,
             )
             ds.updated_at = now
             s.flush()
@@ -403,7 +429,9 @@ class DatasetService:
         with self.catalog.session() as s:
             ds = self._dataset(s, name)
             active = s.scalar(
-                select(VersionRecord).where(VersionRecord.dataset_id == ds.id, VersionRecord.status == "active")
+                select(VersionRecord).where(
+                    VersionRecord.dataset_id == ds.id, VersionRecord.status == "active"
+                )
             )
             if active is not None:
                 raise Conflict(
@@ -411,7 +439,9 @@ class DatasetService:
                     f"Freeze it first (`opentracy datasets freeze {name}`)."
                 )
             p = self._version(s, ds, parent)
-            top = s.scalar(select(func.max(VersionRecord.number)).where(VersionRecord.dataset_id == ds.id)) or 0
+            top = (
+                s.scalar(select(func.max(VersionRecord.number)).where(VersionRecord.dataset_id == ds.id)) or 0
+            )
             v = self._new_version_record(
                 ds,
                 top + 1,
@@ -420,19 +450,30 @@ class DatasetService:
                 row_count=p.row_count,
                 stats=dict(p.stats or {}),
                 provenance=list(p.provenance or [])
-                + [{"kind": "new_version", "parent": label(name, p.number), "parent_hash": p.content_hash, "at": _now_iso()}],
+                + [
+                    {
+                        "kind": "new_version",
+                        "parent": label(name, p.number),
+                        "parent_hash": p.content_hash,
+                        "at": _now_iso(),
+                    }
+                ],
             )
             s.add(v)
             ds.updated_at = utcnow()
             s.flush()
             return self._info(ds, v)
 
-    def add_provenance(self, name: str, step: dict[str, Any], version: int | str | None = None) -> VersionInfo:
+    def add_provenance(
+        self, name: str, step: dict[str, Any], version: int | str | None = None
+    ) -> VersionInfo:
         """Record a step (e.g. a curation run) on the active version."""
         with self.catalog.session() as s:
             ds = self._dataset(s, name)
             v = self._active(s, ds, version)
-            self._save_manifest(s, v, v.revision, provenance=list(v.provenance or []) + [{**step, "at": _now_iso()}])
+            self._save_manifest(
+                s, v, v.revision, provenance=list(v.provenance or []) + [{**step, "at": _now_iso()}]
+            )
             s.flush()
             s.refresh(v)
             return self._info(ds, v)
@@ -508,7 +549,9 @@ class DatasetService:
             params.append(t)
         for key, value in (where or {}).items():
             if not re.fullmatch(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*", key):
-                raise InvalidInput(f"bad metadata field {key!r}: use names like 'cluster_id' or 'source.kind'")
+                raise InvalidInput(
+                    f"bad metadata field {key!r}: use names like 'cluster_id' or 'source.kind'"
+                )
             conds.append(f"json_extract_string(metadata, '$.{key}') = ?")
             params.append(str(value))
         if row_ids:
@@ -522,20 +565,29 @@ class DatasetService:
             raise NotFound(f"no row {row_id!r} in {self.version(name, version).label}")
         return page.rows[0]
 
-    def iter_rows(self, name: str, version: int | str | None = None, *, batch_size: int = 10_000) -> Iterator[RowOut]:
+    def iter_rows(
+        self, name: str, version: int | str | None = None, *, batch_size: int = 10_000
+    ) -> Iterator[RowOut]:
         for rb in self.iter_arrow(name, version, batch_size=batch_size):
             for r in zip(*(rb.column(i).to_pylist() for i in range(rb.num_columns)), strict=True):
                 yield _row_out(r)
 
     def iter_arrow(
-        self, name: str, version: int | str | None = None, *, batch_size: int = 50_000, columns: str | None = None
+        self,
+        name: str,
+        version: int | str | None = None,
+        *,
+        batch_size: int = 50_000,
+        columns: str | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """Live rows in order as Arrow batches: row_id, ord, prompt, prompt_messages, response, metadata."""
         _, sql = self._read_sql(name, version)
         cols = columns or "row_id, ord, prompt, prompt_messages, response, metadata"
         con = duck()
         try:
-            yield from con.sql(f"SELECT {cols} FROM ({sql}) ORDER BY ord").to_arrow_reader(batch_size=batch_size)
+            yield from con.sql(f"SELECT {cols} FROM ({sql}) ORDER BY ord").to_arrow_reader(
+                batch_size=batch_size
+            )
         finally:
             con.close()
 
@@ -546,7 +598,9 @@ class DatasetService:
             vb = self._version(s, ds, b)
             if a is None:
                 if not vb.parent_id:
-                    raise InvalidInput(f"{label(name, vb.number)} has no parent; name the version to compare with")
+                    raise InvalidInput(
+                        f"{label(name, vb.number)} has no parent; name the version to compare with"
+                    )
                 va = s.get(VersionRecord, vb.parent_id)
             else:
                 va = self._version(s, ds, a)
@@ -567,7 +621,10 @@ class DatasetService:
             ids: dict[str, list[str]] = {}
             for kind in ("added", "removed", "changed"):
                 ids[kind] = [
-                    r[0] for r in con.execute("SELECT row_id FROM d WHERE kind = ? ORDER BY row_id LIMIT ?", [kind, limit]).fetchall()
+                    r[0]
+                    for r in con.execute(
+                        "SELECT row_id FROM d WHERE kind = ? ORDER BY row_id LIMIT ?", [kind, limit]
+                    ).fetchall()
                 ]
         finally:
             con.close()
@@ -588,7 +645,9 @@ class DatasetService:
     # ------------------------------------------------------------------------------------------
     # writing rows (active version only)
 
-    def add_rows(self, name: str, rows: list[RowIn | dict[str, Any]], version: int | str | None = None) -> VersionInfo:
+    def add_rows(
+        self, name: str, rows: list[RowIn | dict[str, Any]], version: int | str | None = None
+    ) -> VersionInfo:
         parsed = [r if isinstance(r, RowIn) else _row_in(r, i + 1) for i, r in enumerate(rows)]
         if not parsed:
             raise InvalidInput("no rows to add")
@@ -626,10 +685,14 @@ class DatasetService:
     ) -> RowOut:
         """Edit one row in place (it keeps its id and position); unspecified fields stay as they were."""
         return self.update_rows(
-            name, [{"row_id": row_id, "prompt": prompt, "response": response, "metadata": metadata}], version=version
+            name,
+            [{"row_id": row_id, "prompt": prompt, "response": response, "metadata": metadata}],
+            version=version,
         )[0]
 
-    def update_rows(self, name: str, changes: list[dict[str, Any]], version: int | str | None = None) -> list[RowOut]:
+    def update_rows(
+        self, name: str, changes: list[dict[str, Any]], version: int | str | None = None
+    ) -> list[RowOut]:
         if not changes:
             raise InvalidInput("no rows to update")
         ids = [c.get("row_id") for c in changes]
@@ -659,9 +722,14 @@ class DatasetService:
             new_rows.append((r, ordv))
         table = _rows_table([r for r, _ in new_rows], 0, ords=[o for _, o in new_rows])
         seg = write_segment(self.artifacts, [table], id_salt=dsid, kind="delta")
-        clusters = [r.metadata.get("cluster_id") for r, _ in new_rows if r.metadata.get("cluster_id") is not None]
+        clusters = [
+            r.metadata.get("cluster_id") for r, _ in new_rows if r.metadata.get("cluster_id") is not None
+        ]
         self._append_segment(name, v.id, seg, added=0, clusters=clusters)
-        return [RowOut(row_id=r.row_id or "", prompt=r.prompt, response=r.response, metadata=r.metadata) for r, _ in new_rows]
+        return [
+            RowOut(row_id=r.row_id or "", prompt=r.prompt, response=r.response, metadata=r.metadata)
+            for r, _ in new_rows
+        ]
 
     def delete_rows(self, name: str, row_ids: list[str], version: int | str | None = None) -> VersionInfo:
         if not row_ids:
@@ -731,7 +799,9 @@ class DatasetService:
             ds = self._dataset(s, name)
             v = s.get(VersionRecord, version_id)
             if v is None or v.status != "active":
-                raise Conflict(f"{label(name, v.number) if v else version_id} was frozen during this write; nothing changed")
+                raise Conflict(
+                    f"{label(name, v.number) if v else version_id} was frozen during this write; nothing changed"
+                )
             manifest = list(v.manifest or []) + [seg.to_manifest()]
             stats = _merge_clusters(v.stats or {}, clusters)
             values: dict[str, Any] = {"manifest": manifest, "row_count": v.row_count + added, "stats": stats}
@@ -743,7 +813,9 @@ class DatasetService:
             s.refresh(v)
             vid = v.id
         if recount_clusters or len(manifest) > MAX_SEGMENTS_BEFORE_COMPACTION:
-            self._maintain(name, vid, compact=len(manifest) > MAX_SEGMENTS_BEFORE_COMPACTION, recount=recount_clusters)
+            self._maintain(
+                name, vid, compact=len(manifest) > MAX_SEGMENTS_BEFORE_COMPACTION, recount=recount_clusters
+            )
         return self.version(name, self._number_of(vid))
 
     def _number_of(self, version_id: str) -> int:
@@ -770,10 +842,10 @@ class DatasetService:
             con.close()
         with self.catalog.session() as s:
             v = s.get(VersionRecord, version_id)
-            try:
+            with contextlib.suppress(
+                Conflict
+            ):  # another write got there first; it maintains the version itself
                 self._save_manifest(s, v, rev, **values)
-            except Conflict:
-                pass  # another write got there first; it will maintain the version itself
 
     # ------------------------------------------------------------------------------------------
     # upload
@@ -866,6 +938,14 @@ class DatasetService:
             drop = self._check_ids(src, seg, writer.problems, rid_hashes, line_of, base_ord, target)
             if drop:
                 seg = self._rewrite_without(seg, drop)
+            if seg.rows == 0:  # only possible when skipping: every record was bad
+                first = src.errors.items[0] if src.errors.items else {}
+                where = ", ".join(f"{k} {v}" for k, v in first.items() if k != "error")
+                raise InvalidInput(
+                    f"no valid rows: all {src.errors.count} record(s) were bad (first: {where}: {first.get('error')}); "
+                    "nothing was uploaded",
+                    file=src.file.name if src.file else str(path),
+                )
             progress(0.97, "committing")
             step = {
                 "kind": "upload",
@@ -889,7 +969,9 @@ class DatasetService:
             }
             if job_id:
                 step["job_id"] = job_id
-            clusters = sorted(json.loads(c) for c in writer.cluster_ids) if len(writer.cluster_ids) < 10_000 else []
+            clusters = (
+                sorted(json.loads(c) for c in writer.cluster_ids) if len(writer.cluster_ids) < 10_000 else []
+            )
             info = self._commit_upload(name, dsid, description, target, seg, step, clusters)
         except BaseException:
             self._discard(seg)
@@ -946,20 +1028,42 @@ class DatasetService:
         return iter_export(self.iter_arrow(name, version), check_format(fmt))
 
     def to_hf(
-        self, name: str, version: int | str | None = None, *, test_size: float | int | None = None, seed: int = 0
+        self,
+        name: str,
+        version: int | str | None = None,
+        *,
+        test_size: float | int | None = None,
+        seed: int = 0,
     ) -> Any:
         """The version as a `datasets.Dataset`, or a train/validation `DatasetDict` when test_size is given."""
         from opentracy.datasets.export import to_hf
 
         batches = list(self.iter_arrow(name, version))
-        table = pa.Table.from_batches(batches) if batches else pa.table(
-            {c: pa.array([], t) for c, t in [("row_id", pa.string()), ("ord", pa.int64()), ("prompt", pa.string()), ("prompt_messages", pa.bool_()), ("response", pa.string()), ("metadata", pa.string())]}
+        table = (
+            pa.Table.from_batches(batches)
+            if batches
+            else pa.table(
+                {
+                    c: pa.array([], t)
+                    for c, t in [
+                        ("row_id", pa.string()),
+                        ("ord", pa.int64()),
+                        ("prompt", pa.string()),
+                        ("prompt_messages", pa.bool_()),
+                        ("response", pa.string()),
+                        ("metadata", pa.string()),
+                    ]
+                }
+            )
         )
         return to_hf(table, test_size=test_size, seed=seed)
 
     def _discard(self, seg: SegmentInfo) -> None:
         with self.catalog.session() as s:
-            used = any(seg.key in {x["key"] for x in (m or [])} for (m,) in s.execute(select(VersionRecord.manifest)).all())
+            used = any(
+                seg.key in {x["key"] for x in (m or [])}
+                for (m,) in s.execute(select(VersionRecord.manifest)).all()
+            )
         if not used:
             self.artifacts.delete(seg.key)
 
@@ -1026,8 +1130,9 @@ class DatasetService:
         path = self.artifacts.local_path(seg.key)
         con = duck()
         try:
-            reader = con.execute(
-                f"SELECT * FROM read_parquet('{path}') WHERE NOT list_contains(?, ord) ORDER BY ord", [sorted(drop)]
+            reader = con.sql(
+                f"SELECT * FROM read_parquet('{path}') WHERE NOT list_contains(?, ord) ORDER BY ord",
+                params=[sorted(drop)],
             ).to_arrow_reader(batch_size=50_000)
             tmp = self.artifacts.scratch_file("rewrite", ".parquet")
             import pyarrow.parquet as pq
@@ -1057,7 +1162,9 @@ class DatasetService:
             ds = s.get(DatasetRecord, dsid)
             if ds is None:
                 if s.scalar(select(DatasetRecord.id).where(DatasetRecord.name == name)):
-                    raise Conflict(f"a dataset named {name!r} was created while this upload ran; upload again")
+                    raise Conflict(
+                        f"a dataset named {name!r} was created while this upload ran; upload again"
+                    )
                 ds = DatasetRecord(id=dsid, name=name, description=description or "", write_seq=1)
                 s.add(ds)
                 s.flush()
@@ -1074,9 +1181,14 @@ class DatasetService:
                 if description:
                     ds.description = description
                 latest = s.scalar(
-                    select(VersionRecord).where(VersionRecord.dataset_id == ds.id).order_by(VersionRecord.number.desc()).limit(1)
+                    select(VersionRecord)
+                    .where(VersionRecord.dataset_id == ds.id)
+                    .order_by(VersionRecord.number.desc())
+                    .limit(1)
                 )
-                if target is not None and (latest is None or latest.id != target.id or latest.revision != target.revision):
+                if target is not None and (
+                    latest is None or latest.id != target.id or latest.revision != target.revision
+                ):
                     raise Conflict(f"dataset {name!r} changed while this upload ran; upload again")
                 if latest is not None and latest.status == "active":
                     v = latest
@@ -1095,11 +1207,20 @@ class DatasetService:
                         ds,
                         (parent.number if parent else 0) + 1,
                         parent=parent,
-                        manifest=list(parent.manifest or []) + [seg.to_manifest()] if parent else [seg.to_manifest()],
+                        manifest=list(parent.manifest or []) + [seg.to_manifest()]
+                        if parent
+                        else [seg.to_manifest()],
                         row_count=(parent.row_count if parent else 0) + seg.rows,
                         provenance=(
                             list(parent.provenance or [])
-                            + [{"kind": "new_version", "parent": label(name, parent.number), "parent_hash": parent.content_hash, "at": step["at"]}]
+                            + [
+                                {
+                                    "kind": "new_version",
+                                    "parent": label(name, parent.number),
+                                    "parent_hash": parent.content_hash,
+                                    "at": step["at"],
+                                }
+                            ]
                             if parent
                             else []
                         )
@@ -1164,7 +1285,9 @@ def _rows_table(rows: list[RowIn], seq: int, *, ords: list[int] | None = None) -
         {
             "row_id": pa.array([r.row_id for r in rows], pa.string()),
             "ord": pa.array(ords if ords is not None else [base + i for i in range(n)], pa.int64()),
-            "prompt": pa.array([r.prompt if isinstance(r.prompt, str) else _encode(r.prompt).decode() for r in rows]),
+            "prompt": pa.array(
+                [r.prompt if isinstance(r.prompt, str) else _encode(r.prompt).decode() for r in rows]
+            ),
             "prompt_messages": pa.array([not isinstance(r.prompt, str) for r in rows], pa.bool_()),
             "response": pa.array([r.response for r in rows], pa.string()),
             "metadata": pa.array([_encode(r.metadata).decode() for r in rows], pa.string()),

@@ -91,16 +91,22 @@ class JobContext:
             s.execute(
                 update(JobRecord)
                 .where(JobRecord.id == self.job_id)
-                .values(progress=max(0.0, min(1.0, float(fraction))), message=message[:500], updated_at=utcnow())
+                .values(
+                    progress=max(0.0, min(1.0, float(fraction))), message=message[:500], updated_at=utcnow()
+                )
             )
-            self._cancelled = bool(s.scalar(select(JobRecord.cancel_requested).where(JobRecord.id == self.job_id)))
+            self._cancelled = bool(
+                s.scalar(select(JobRecord.cancel_requested).where(JobRecord.id == self.job_id))
+            )
         if self._cancelled:
             raise Cancelled("cancelled by request")
 
     def is_cancelled(self) -> bool:
         if not self._cancelled:
             with self.runner.catalog.session() as s:
-                self._cancelled = bool(s.scalar(select(JobRecord.cancel_requested).where(JobRecord.id == self.job_id)))
+                self._cancelled = bool(
+                    s.scalar(select(JobRecord.cancel_requested).where(JobRecord.id == self.job_id))
+                )
         return self._cancelled
 
     def log(self, message: str, level: str = "info") -> None:
@@ -154,7 +160,11 @@ class JobRunner:
                 q = q.where(JobRecord.status == status)
             if kind:
                 q = q.where(JobRecord.kind == kind)
-            q = q.order_by(JobRecord.created_at.desc(), JobRecord.id).offset(max(0, offset)).limit(max(1, min(limit, 500)))
+            q = (
+                q.order_by(JobRecord.created_at.desc(), JobRecord.id)
+                .offset(max(0, offset))
+                .limit(max(1, min(limit, 500)))
+            )
             return [_info(r) for r in s.scalars(q).all()]
 
     def logs(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
@@ -167,7 +177,9 @@ class JobRunner:
                 .order_by(JobLogRecord.id)
                 .limit(limit)
             ).all()
-            return [{"id": r.id, "ts": r.ts.isoformat(), "level": r.level, "message": r.message} for r in rows]
+            return [
+                {"id": r.id, "ts": r.ts.isoformat(), "level": r.level, "message": r.message} for r in rows
+            ]
 
     def log(self, job_id: str, message: str, level: str = "info") -> None:
         with self.catalog.session() as s:
@@ -210,12 +222,17 @@ class JobRunner:
                 return _info(r)
             kind_name, params = r.kind, dict(r.params or {})
             now = utcnow()
-            s.execute(update(JobRecord).where(JobRecord.id == job_id).values(cancel_requested=True, updated_at=now))
-            was_queued = s.execute(
-                update(JobRecord)
-                .where(JobRecord.id == job_id, JobRecord.status == "queued")
-                .values(status="cancelled", finished_at=now, message="cancelled before it started")
-            ).rowcount == 1
+            s.execute(
+                update(JobRecord).where(JobRecord.id == job_id).values(cancel_requested=True, updated_at=now)
+            )
+            was_queued = (
+                s.execute(
+                    update(JobRecord)
+                    .where(JobRecord.id == job_id, JobRecord.status == "queued")
+                    .values(status="cancelled", finished_at=now, message="cancelled before it started")
+                ).rowcount
+                == 1
+            )
         if was_queued:
             self._cleanup(kind_name, params, job_id)
         self.log(job_id, "cancel requested")
@@ -245,7 +262,11 @@ class JobRunner:
             for r in stale:
                 kind = self.kinds.get(r.kind)
                 if r.cancel_requested:
-                    r.status, r.finished_at, r.message = "cancelled", utcnow(), "cancelled (the server restarted)"
+                    r.status, r.finished_at, r.message = (
+                        "cancelled",
+                        utcnow(),
+                        "cancelled (the server restarted)",
+                    )
                     ended.append((r.id, r.kind, dict(r.params or {})))
                 elif kind is not None and kind.resumable:
                     r.status, r.message = "queued", "resuming after a restart"
@@ -277,7 +298,9 @@ class JobRunner:
                 .values(status="running", started_at=now, updated_at=now, attempts=JobRecord.attempts + 1)
             ).rowcount
             r = s.get(JobRecord, job_id)
-            kind_name, params, attempt = (r.kind, dict(r.params or {}), r.attempts) if r is not None else ("", {}, 0)
+            kind_name, params, attempt = (
+                (r.kind, dict(r.params or {}), r.attempts) if r is not None else ("", {}, 0)
+            )
         if claimed != 1:
             self._finish_event(job_id)
             return
@@ -294,7 +317,13 @@ class JobRunner:
             status, error = "failed", {"code": "internal_error", "message": f"{type(e).__name__}: {e}"}
             self.log(job_id, traceback.format_exc(), "error")
             log.exception("job %s failed", job_id)
-        if self._closed and status != "succeeded" and kind.resumable and error and error.get("code") == "internal_error":
+        if (
+            self._closed
+            and status != "succeeded"
+            and kind.resumable
+            and error
+            and error.get("code") == "internal_error"
+        ):
             return  # shutting down mid-run: leave it for recover() on the next start
         # Release the job's inputs before recording the end, so whoever sees the end sees them gone.
         # (A resumed job whose inputs are gone fails with a clear message or finds its committed result.)
@@ -309,7 +338,11 @@ class JobRunner:
                 r.progress, r.message = 1.0, "done"
             else:
                 r.message = (error or {}).get("message", status)[:500]
-        self.log(job_id, f"{status}" + (f": {error['message']}" if error else ""), "info" if status == "succeeded" else "error")
+        self.log(
+            job_id,
+            f"{status}" + (f": {error['message']}" if error else ""),
+            "info" if status == "succeeded" else "error",
+        )
         self._finish_event(job_id)
 
     def _cleanup(self, kind_name: str, params: dict[str, Any], job_id: str) -> None:

@@ -50,7 +50,9 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
             try:
                 check_api_key(request)
             except Unauthorized as e:
-                return JSONResponse(error_body(e.code, e.message), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                return JSONResponse(
+                    error_body(e.code, e.message), status_code=401, headers={"WWW-Authenticate": "Bearer"}
+                )
         return await call_next(request)
 
     @app.exception_handler(OpentracyError)
@@ -64,7 +66,8 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
             loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
             problems.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
         return JSONResponse(
-            error_body("invalid_input", "; ".join(problems) or "invalid request", {"errors": problems}), status_code=422
+            error_body("invalid_input", "; ".join(problems) or "invalid request", {"errors": problems}),
+            status_code=422,
         )
 
     @app.exception_handler(StarletteHTTPException)

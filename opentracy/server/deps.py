@@ -21,4 +21,6 @@ def check_api_key(request: Request) -> None:
     auth = request.headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-        raise Unauthorized("this server needs an API key: send it as `Authorization: Bearer <OPENTRACY_API_KEY>`")
+        raise Unauthorized(
+            "this server needs an API key: send it as `Authorization: Bearer <OPENTRACY_API_KEY>`"
+        )

@@ -36,7 +36,15 @@ async def receive(request: Request, dest_dir: Path, *, file_field: str = "file")
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise InvalidInput("send the file as multipart/form-data with a part named 'file'")
     out = Received()
-    state: dict = {"name": None, "filename": None, "buf": None, "fh": None, "hf": b"", "hv": b"", "headers": {}}
+    state: dict = {
+        "name": None,
+        "filename": None,
+        "buf": None,
+        "fh": None,
+        "hf": b"",
+        "hv": b"",
+        "headers": {},
+    }
     h = hashlib.sha256()
     dest_dir.mkdir(parents=True, exist_ok=True)
 

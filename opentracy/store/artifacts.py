@@ -39,7 +39,9 @@ class ArtifactStore:
         )
         if self.is_local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
-        self._cache_dir = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "opentracy-artifacts"
+        self._cache_dir = (
+            Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "opentracy-artifacts"
+        )
         self._verified: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
@@ -70,7 +72,9 @@ class ArtifactStore:
                 pass
         return removed
 
-    def put_file(self, local_path: str | os.PathLike[str], *, prefix: str, suffix: str = "") -> tuple[str, str, int]:
+    def put_file(
+        self, local_path: str | os.PathLike[str], *, prefix: str, suffix: str = ""
+    ) -> tuple[str, str, int]:
         """Move a finished local file into the store. Returns (key, sha256, size)."""
         digest = sha256_file(local_path)
         size = os.path.getsize(local_path)

@@ -101,7 +101,13 @@ class SegmentInfo:
     deletes: int = 0
 
     def to_manifest(self) -> dict[str, Any]:
-        return {"key": self.key, "sha256": self.sha256, "rows": self.rows, "bytes": self.bytes, "kind": self.kind}
+        return {
+            "key": self.key,
+            "sha256": self.sha256,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "kind": self.kind,
+        }
 
 
 class _Stop:
@@ -173,7 +179,9 @@ class SegmentWriter:
                         if p is not None:
                             self.problems.append((int(ords[i]), str(p)))
                 if res.column("_cluster").null_count < res.num_rows:
-                    for (c,) in con.sql("SELECT DISTINCT _cluster FROM res WHERE _cluster IS NOT NULL").fetchall():
+                    for (c,) in con.sql(
+                        "SELECT DISTINCT _cluster FROM res WHERE _cluster IS NOT NULL"
+                    ).fetchall():
                         if c != "null":
                             self.cluster_ids.add(c)
                 out = pa.table(
@@ -246,7 +254,9 @@ class SegmentWriter:
         if self._writer is None:  # no rows: still a valid, empty segment
             pq.write_table(SEGMENT_SCHEMA.empty_table(), self._path, compression="zstd")
         key, digest, size = self.artifacts.put_file(self._path, prefix="segments", suffix=".parquet")
-        return SegmentInfo(key=key, sha256=digest, rows=self.rows, bytes=size, kind=self.kind, deletes=self.deletes)
+        return SegmentInfo(
+            key=key, sha256=digest, rows=self.rows, bytes=size, kind=self.kind, deletes=self.deletes
+        )
 
     def abort(self) -> None:
         self._error = self._error or OpentracyError("segment write aborted")
@@ -295,12 +305,15 @@ def _sql_list(items: Sequence[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in items) + "]"
 
 
-def version_sql(artifacts: ArtifactStore, manifest: Manifest, *, verify: bool, columns: str = ROW_COLUMNS) -> str:
+def version_sql(
+    artifacts: ArtifactStore, manifest: Manifest, *, verify: bool, columns: str = ROW_COLUMNS
+) -> str:
     """SQL for the merged, live rows of a manifest (without ordering)."""
     if not manifest.segments:
         return f"SELECT {columns} FROM (SELECT * FROM (SELECT NULL::VARCHAR AS row_id, NULL::BIGINT AS ord, NULL::VARCHAR AS prompt, NULL::BOOLEAN AS prompt_messages, NULL::VARCHAR AS response, NULL::VARCHAR AS metadata, NULL::BLOB AS row_hash) WHERE false)"
     paths = [
-        artifacts.verify(s["key"], s.get("sha256")) if verify else artifacts.local_path(s["key"]) for s in manifest.segments
+        artifacts.verify(s["key"], s.get("sha256")) if verify else artifacts.local_path(s["key"])
+        for s in manifest.segments
     ]
     if not manifest.has_deltas:
         return f"SELECT {columns} FROM read_parquet({_sql_list(paths)})"
@@ -328,7 +341,9 @@ def content_hash(con: duckdb.DuckDBPyConnection, rows_sql: str) -> tuple[str, in
     return "sha256:" + h.hexdigest(), n
 
 
-def iter_batches(con: duckdb.DuckDBPyConnection, sql: str, batch_size: int = 50_000) -> Iterator[pa.RecordBatch]:
+def iter_batches(
+    con: duckdb.DuckDBPyConnection, sql: str, batch_size: int = 50_000
+) -> Iterator[pa.RecordBatch]:
     yield from con.sql(sql).to_arrow_reader(batch_size=batch_size)
 
 

@@ -60,7 +60,9 @@ class JobRecord(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     kind: Mapped[str] = mapped_column(String(80), nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False)  # queued running succeeded failed cancelled
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False
+    )  # queued running succeeded failed cancelled
     progress: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
     message: Mapped[str] = mapped_column(Text, default="", nullable=False)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)

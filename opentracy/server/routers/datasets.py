@@ -99,7 +99,9 @@ async def _stage_upload(name: str, request: Request, engine: Engine, slot_dir: P
     if f.get("metadata_fields"):
         raw = f["metadata_fields"].strip()
         try:
-            fields = json.loads(raw) if raw.startswith("[") else [x.strip() for x in raw.split(",") if x.strip()]
+            fields = (
+                json.loads(raw) if raw.startswith("[") else [x.strip() for x in raw.split(",") if x.strip()]
+            )
         except ValueError:
             fields = None
         if not isinstance(fields, list) or not all(isinstance(x, str) for x in fields):
@@ -129,7 +131,9 @@ def list_versions(name: str, engine: Engine = Depends(get_engine)) -> dict[str, 
 
 
 @router.post("/datasets/{name}/versions", status_code=201)
-def new_version(name: str, body: NewVersion | None = Body(None), engine: Engine = Depends(get_engine)) -> VersionInfo:
+def new_version(
+    name: str, body: NewVersion | None = Body(None), engine: Engine = Depends(get_engine)
+) -> VersionInfo:
     return engine.datasets.new_version(name, body.parent if body else None)
 
 
@@ -170,12 +174,16 @@ def add_rows(name: str, version: str, body: RowsAdd, engine: Engine = Depends(ge
 
 
 @router.patch("/datasets/{name}/versions/{version}/rows")
-def update_rows(name: str, version: str, body: RowsUpdate, engine: Engine = Depends(get_engine)) -> dict[str, Any]:
+def update_rows(
+    name: str, version: str, body: RowsUpdate, engine: Engine = Depends(get_engine)
+) -> dict[str, Any]:
     return {"items": engine.datasets.update_rows(name, body.rows, version)}
 
 
 @router.post("/datasets/{name}/versions/{version}/rows/delete")
-def delete_rows(name: str, version: str, body: RowsDelete, engine: Engine = Depends(get_engine)) -> VersionInfo:
+def delete_rows(
+    name: str, version: str, body: RowsDelete, engine: Engine = Depends(get_engine)
+) -> VersionInfo:
     return engine.datasets.delete_rows(name, body.row_ids, version)
 
 
@@ -185,7 +193,9 @@ def get_row(name: str, version: str, row_id: str, engine: Engine = Depends(get_e
 
 
 @router.patch("/datasets/{name}/versions/{version}/rows/{row_id}")
-def update_row(name: str, version: str, row_id: str, body: RowPatch, engine: Engine = Depends(get_engine)) -> RowOut:
+def update_row(
+    name: str, version: str, row_id: str, body: RowPatch, engine: Engine = Depends(get_engine)
+) -> RowOut:
     return engine.datasets.update_row(
         name, row_id, prompt=body.prompt, response=body.response, metadata=body.metadata, version=version
     )
@@ -212,11 +222,19 @@ def export(name: str, version: str, format: str = "jsonl", engine: Engine = Depe
     fmt = check_format(format)
     v = engine.datasets.version(name, version)
     filename = f"{v.label}{EXTENSIONS[fmt]}"
-    headers = {"Content-Disposition": f'attachment; filename="{filename}"', "X-Opentracy-Rows": str(v.row_count)}
+    headers = {
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        "X-Opentracy-Rows": str(v.row_count),
+    }
     if fmt == "parquet":
         tmp = engine.artifacts.scratch_file("export", ".parquet")
         engine.datasets.export(name, v.number, fmt, tmp)
         return FileResponse(
-            tmp, media_type=MEDIA_TYPES[fmt], headers=headers, background=BackgroundTask(tmp.unlink, missing_ok=True)
+            tmp,
+            media_type=MEDIA_TYPES[fmt],
+            headers=headers,
+            background=BackgroundTask(tmp.unlink, missing_ok=True),
         )
-    return StreamingResponse(engine.datasets.export_bytes(name, v.number, fmt), media_type=MEDIA_TYPES[fmt], headers=headers)
+    return StreamingResponse(
+        engine.datasets.export_bytes(name, v.number, fmt), media_type=MEDIA_TYPES[fmt], headers=headers
+    )

@@ -31,7 +31,12 @@ def get_job(job_id: str, engine: Engine = Depends(get_engine)) -> JobInfo:
 
 
 @router.get("/jobs/{job_id}/logs")
-def job_logs(job_id: str, after: int = 0, limit: int = Query(1000, ge=1, le=10000), engine: Engine = Depends(get_engine)) -> dict:
+def job_logs(
+    job_id: str,
+    after: int = 0,
+    limit: int = Query(1000, ge=1, le=10000),
+    engine: Engine = Depends(get_engine),
+) -> dict:
     return {"items": engine.jobs.logs(job_id, after=after, limit=limit)}
 
 

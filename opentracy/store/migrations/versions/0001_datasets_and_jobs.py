@@ -28,7 +28,9 @@ def upgrade() -> None:
     op.create_table(
         "dataset_versions",
         sa.Column("id", sa.String(80), primary_key=True),
-        sa.Column("dataset_id", sa.String(40), sa.ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "dataset_id", sa.String(40), sa.ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("number", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("parent_id", sa.String(80), nullable=True),
@@ -42,7 +44,9 @@ def upgrade() -> None:
         sa.Column("updated_at", TS, nullable=False),
         sa.Column("frozen_at", TS, nullable=True),
     )
-    op.create_index("ix_dataset_versions_dataset_number", "dataset_versions", ["dataset_id", "number"], unique=True)
+    op.create_index(
+        "ix_dataset_versions_dataset_number", "dataset_versions", ["dataset_id", "number"], unique=True
+    )
     op.create_table(
         "jobs",
         sa.Column("id", sa.String(40), primary_key=True),
