@@ -21,7 +21,7 @@ from opentracy.store.tables import DatasetRecord, VersionRecord
 GOOD = {"prompt": "Where is my card?", "response": "card_arrival"}
 
 
-def J(obj) -> str:  # noqa: N802
+def J(obj) -> str:
     return json.dumps(obj)
 
 
@@ -821,3 +821,26 @@ def test_skip_mode_in_a_big_file_lists_exact_lines(engine, tmp_path, big_lines):
     assert res.rows_added == 5996 and res.skipped == 4
     assert sorted(i["line"] for i in res.skipped_items) == sorted(bad) == [501, 2503, 4005, 6005]
     assert res.version.row_count == 5996
+
+
+def test_skip_mode_with_every_record_bad_uploads_nothing(engine, tmp_path):
+    before = snapshot(engine)
+    path = write_bytes(tmp_path, "all-bad.jsonl", jsonl('{"prompt": 1, "response": "x"}', "not json", '{"prompt": "p"}'))
+    with pytest.raises(InvalidInput) as e:
+        engine.datasets.upload("nothing", path, on_error="skip")
+    assert e.value.message.startswith("all-bad.jsonl: no valid rows: all 3 record(s) were bad (first: line 1")
+    assert snapshot(engine) == before and dataset_names(engine) == []
+
+
+def test_metadata_type_errors_read_the_same_on_both_paths(engine, tmp_path):
+    """The fast path (DuckDB check) and the careful path (Python check) word a problem identically."""
+    bad = {"prompt": "p", "response": "r", "metadata": {"judge_score": "high"}}
+    fast = write_bytes(tmp_path, "fast.jsonl", jsonl(J(bad)))
+    # an unknown top-level key sends the chunk down the careful path
+    slow = write_bytes(tmp_path, "slow.jsonl", jsonl(J({**bad, "extra": 1})))
+    messages = []
+    for path in (fast, slow):
+        with pytest.raises(InvalidInput) as e:
+            engine.datasets.upload("m", path)
+        messages.append(e.value.reason)
+    assert messages == ["metadata.judge_score must be a number"] * 2

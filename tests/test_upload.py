@@ -631,3 +631,20 @@ def test_cluster_ids_from_csv_column(engine, tmp_path):
             w.writerow([text, cat, "card" if i < 20 else "pin"])
     res = engine.datasets.upload("cl", path, prompt_field="text", response_field="category")
     assert codes(res.version) == ["mixed_clusters", "not_curated", "too_few_rows"]
+
+
+def test_hf_folder_provenance_names_folder_and_split_and_hashes_its_files(engine, tmp_path):
+    import hashlib
+
+    import datasets
+
+    data = {"prompt": [f"q{i}" for i in range(5)], "response": ["a"] * 5}
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict(data), "test": datasets.Dataset.from_dict(data)})
+    dd.save_to_disk(str(tmp_path / "dd"))
+    res = engine.datasets.upload("hfprov", tmp_path / "dd", split="test")
+    step = res.version.provenance[-1]
+    assert step["file"] == "dd[test]" and step["split"] == "test"
+    h = hashlib.sha256()
+    for f in sorted((tmp_path / "dd" / "test").glob("*.arrow")):
+        h.update(f.read_bytes())
+    assert step["sha256"] == h.hexdigest()
