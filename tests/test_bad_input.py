@@ -825,7 +825,9 @@ def test_skip_mode_in_a_big_file_lists_exact_lines(engine, tmp_path, big_lines):
 
 def test_skip_mode_with_every_record_bad_uploads_nothing(engine, tmp_path):
     before = snapshot(engine)
-    path = write_bytes(tmp_path, "all-bad.jsonl", jsonl('{"prompt": 1, "response": "x"}', "not json", '{"prompt": "p"}'))
+    path = write_bytes(
+        tmp_path, "all-bad.jsonl", jsonl('{"prompt": 1, "response": "x"}', "not json", '{"prompt": "p"}')
+    )
     with pytest.raises(InvalidInput) as e:
         engine.datasets.upload("nothing", path, on_error="skip")
     assert e.value.message.startswith("all-bad.jsonl: no valid rows: all 3 record(s) were bad (first: line 1")

@@ -639,7 +639,9 @@ def test_hf_folder_provenance_names_folder_and_split_and_hashes_its_files(engine
     import datasets
 
     data = {"prompt": [f"q{i}" for i in range(5)], "response": ["a"] * 5}
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict(data), "test": datasets.Dataset.from_dict(data)})
+    dd = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict(data), "test": datasets.Dataset.from_dict(data)}
+    )
     dd.save_to_disk(str(tmp_path / "dd"))
     res = engine.datasets.upload("hfprov", tmp_path / "dd", split="test")
     step = res.version.provenance[-1]

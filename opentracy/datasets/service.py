@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from sqlalchemy import delete, func, select, update
 
 from opentracy.datasets import formats
@@ -39,6 +40,10 @@ from opentracy.store.artifacts import ArtifactStore
 from opentracy.store.catalog import Catalog
 from opentracy.store.segments import (
     INPUT_SCHEMA,
+    ROW_GROUP_ROWS,
+    SEGMENT_DICTIONARY,
+    SEGMENT_SCHEMA,
+    SEGMENT_STATISTICS,
     Manifest,
     SegmentInfo,
     SegmentWriter,
@@ -363,7 +368,7 @@ class DatasetService:
             if v.status == "frozen":
                 raise Conflict(f"{label(name, v.number)} is already frozen")
             manifest, rev = Manifest.of(v.manifest or []), v.revision
-        con = duck()
+        con = duck(memory_limit="512MB")
         try:
             progress(0.05, "verifying segments")
             sql = version_sql(self.artifacts, manifest, verify=True)
@@ -406,13 +411,21 @@ class DatasetService:
         return info
 
     def _compact(self, con: Any, rows_sql: str) -> SegmentInfo:
-        """Write the live rows of a manifest, in order, as one base segment."""
+        """Write the live rows of a manifest as one base segment.
+
+        Rows are written in scan order (base rows keep theirs, edits land in place of nothing: readers order
+        by `ord`), so compaction streams instead of sorting every row.
+        """
         tmp = self.artifacts.scratch_file("compact", ".parquet")
-        con.execute(
-            f"COPY (SELECT row_id, ord, prompt, prompt_messages, response, metadata, row_hash, false AS deleted "
-            f"FROM ({rows_sql}) ORDER BY ord) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 65536)"
-        ).fetchall()
-        n = con.execute(f"SELECT count(*) FROM read_parquet('{tmp}')").fetchall()[0][0]
+        reader = con.sql(
+            f"SELECT row_id, ord, prompt, prompt_messages, response, metadata, row_hash, false AS deleted FROM ({rows_sql})"
+        ).to_arrow_reader(batch_size=ROW_GROUP_ROWS)
+        n = 0
+        with pq.ParquetWriter(tmp, SEGMENT_SCHEMA, compression="zstd", use_dictionary=SEGMENT_DICTIONARY,
+                              write_statistics=SEGMENT_STATISTICS) as w:  # fmt: skip
+            for rb in reader:
+                n += rb.num_rows
+                w.write_batch(rb.cast(SEGMENT_SCHEMA) if rb.schema != SEGMENT_SCHEMA else rb)
         key, digest, size = self.artifacts.put_file(tmp, prefix="segments", suffix=".parquet")
         return SegmentInfo(key=key, sha256=digest, rows=int(n), bytes=size, kind="base")
 
@@ -481,13 +494,15 @@ class DatasetService:
     # ------------------------------------------------------------------------------------------
     # reading rows
 
-    def _read_sql(self, name: str, version: int | str | None) -> tuple[VersionInfo, str]:
+    def _read_sql(
+        self, name: str, version: int | str | None, scan_filter: str | None = None
+    ) -> tuple[VersionInfo, str]:
         with self.catalog.session() as s:
             ds = self._dataset(s, name)
             v = self._version(s, ds, version)
             info = self._info(ds, v)
             manifest = Manifest.of(v.manifest or [])
-        return info, version_sql(self.artifacts, manifest, verify=True)
+        return info, version_sql(self.artifacts, manifest, verify=True, scan_filter=scan_filter)
 
     def rows(
         self,
@@ -503,26 +518,43 @@ class DatasetService:
     ) -> RowPage:
         """A page of rows in order, filtered by text (prompt or response), tags and metadata fields."""
         limit = max(1, min(int(limit), 1000))
-        _, sql = self._read_sql(name, version)
+        info, sql = self._read_sql(name, version)
         conds, params = self._filters(q, tags, where, row_ids)
-        count_sql = f"SELECT count(*) FROM ({sql}) WHERE {' AND '.join(conds) or 'true'}"
+        page_conds, page_params = list(conds), list(params)
         if cursor:
             try:
                 after = int(cursor)
             except ValueError:
                 raise InvalidInput(f"bad cursor {cursor!r}") from None
-            page_conds = [*conds, "ord > ?"]
-            page_params = [*params, after]
-        else:
-            page_conds, page_params = conds, params
-        page_sql = (
-            f"SELECT row_id, ord, prompt, prompt_messages, response, metadata FROM ({sql}) "
-            f"WHERE {' AND '.join(page_conds) or 'true'} ORDER BY ord LIMIT {limit + 1}"
-        )
+            page_conds.append("ord > ?")
+            page_params.append(after)
+        where_sql = " AND ".join(page_conds) or "true"
         con = duck()
         try:
-            total = con.execute(count_sql, params).fetchall()[0][0]
-            got = con.execute(page_sql, page_params).fetchall()
+            # The total: the catalog knows it unless a filter applies.
+            if conds:
+                total = con.execute(
+                    f"SELECT count(*) FROM ({sql}) WHERE {' AND '.join(conds)}", params
+                ).fetchall()[0][0]
+            else:
+                total = info.row_count
+            # Late materialisation: find the page's positions reading only what the filters need, then
+            # fetch just those rows (Parquet row-group statistics on `ord` skip the rest).
+            ords = [
+                r[0]
+                for r in con.execute(
+                    f"SELECT ord FROM ({sql}) WHERE {where_sql} ORDER BY ord LIMIT {limit + 1}", page_params
+                ).fetchall()
+            ]
+            got = []
+            if ords:
+                _, fetch_sql = self._read_sql(
+                    name, version, scan_filter="ord BETWEEN ? AND ? AND list_contains(?, ord)"
+                )
+                got = con.execute(
+                    f"SELECT row_id, ord, prompt, prompt_messages, response, metadata FROM ({fetch_sql}) ORDER BY ord",
+                    [ords[0], ords[-1], ords],
+                ).fetchall()
         finally:
             con.close()
         more = len(got) > limit
@@ -764,8 +796,14 @@ class DatasetService:
             return set()
         con = duck()
         try:
-            sql = version_sql(self.artifacts, manifest, verify=True, columns="row_id")
-            got = con.execute(f"SELECT row_id FROM ({sql}) WHERE list_contains(?, row_id)", [ids]).fetchall()
+            sql = version_sql(
+                self.artifacts,
+                manifest,
+                verify=True,
+                columns="row_id",
+                scan_filter="list_contains(?, row_id)",
+            )
+            got = con.execute(sql, [ids]).fetchall()
         finally:
             con.close()
         return {r[0] for r in got}
@@ -775,11 +813,14 @@ class DatasetService:
             return []
         con = duck()
         try:
-            sql = version_sql(self.artifacts, manifest, verify=True)
-            got = con.execute(
-                f"SELECT row_id, ord, prompt, prompt_messages, response, metadata FROM ({sql}) WHERE list_contains(?, row_id)",
-                [ids],
-            ).fetchall()
+            sql = version_sql(
+                self.artifacts,
+                manifest,
+                verify=True,
+                columns="row_id, ord, prompt, prompt_messages, response, metadata",
+                scan_filter="list_contains(?, row_id)",
+            )
+            got = con.execute(sql, [ids]).fetchall()
         finally:
             con.close()
         return [(_row_out(r), int(r[1])) for r in got]

@@ -60,6 +60,8 @@ _HASH_SQL = (
     " || chr(0) || response || chr(0) || metadata))"
 )
 ROW_GROUP_ROWS = 65_536
+SEGMENT_DICTIONARY = ["response", "prompt_messages", "deleted"]  # low-cardinality columns only
+SEGMENT_STATISTICS = ["row_id", "ord", "deleted"]  # what reads filter on
 
 # Types of the metadata keys the spec names, checked in DuckDB (one JSON parse a row, no GIL held). An
 # extracted JSON value's first character tells its type, which is cheaper than json_type() on each.
@@ -78,9 +80,14 @@ _META_PROBLEM_SQL = """CASE
   END"""
 
 
-def duck(threads: int | None = None, memory_limit: str = "1GB") -> duckdb.DuckDBPyConnection:
-    """A fresh in-process DuckDB connection with bounded memory."""
-    con = duckdb.connect(config={"memory_limit": memory_limit, "preserve_insertion_order": True})
+def duck(
+    threads: int | None = None, memory_limit: str = "1GB", ordered: bool = True
+) -> duckdb.DuckDBPyConnection:
+    """A fresh in-process DuckDB connection with bounded memory.
+
+    `ordered=False` lets DuckDB stream results in any order (less buffering), for work whose readers sort.
+    """
+    con = duckdb.connect(config={"memory_limit": memory_limit, "preserve_insertion_order": ordered})
     if threads:
         con.execute(f"SET threads={int(threads)}").fetchall()
     return con
@@ -219,8 +226,8 @@ class SegmentWriter:
                         self._path,
                         SEGMENT_SCHEMA,
                         compression="zstd",
-                        use_dictionary=["response", "prompt_messages", "deleted"],
-                        write_statistics=["row_id", "ord", "deleted"],
+                        use_dictionary=SEGMENT_DICTIONARY,
+                        write_statistics=SEGMENT_STATISTICS,
                     )
                 self._writer.write_table(t, row_group_size=ROW_GROUP_ROWS)
         except BaseException as e:
@@ -306,21 +313,48 @@ def _sql_list(items: Sequence[str]) -> str:
 
 
 def version_sql(
-    artifacts: ArtifactStore, manifest: Manifest, *, verify: bool, columns: str = ROW_COLUMNS
+    artifacts: ArtifactStore,
+    manifest: Manifest,
+    *,
+    verify: bool,
+    columns: str = ROW_COLUMNS,
+    scan_filter: str | None = None,
 ) -> str:
-    """SQL for the merged, live rows of a manifest (without ordering)."""
+    """SQL for the live rows of a manifest (unordered; callers ORDER BY ord where order matters).
+
+    A row is live unless it is a tombstone or a later delta segment holds the same row_id. Deltas are small,
+    so this is an anti-join against them that streams over the base segments, instead of a window over
+    every row. `scan_filter` (SQL on segment columns) is applied at the scan, below the anti-join.
+    """
     if not manifest.segments:
-        return f"SELECT {columns} FROM (SELECT * FROM (SELECT NULL::VARCHAR AS row_id, NULL::BIGINT AS ord, NULL::VARCHAR AS prompt, NULL::BOOLEAN AS prompt_messages, NULL::VARCHAR AS response, NULL::VARCHAR AS metadata, NULL::BLOB AS row_hash) WHERE false)"
+        return (
+            f"SELECT {columns} FROM (SELECT NULL::VARCHAR AS row_id, NULL::BIGINT AS ord, NULL::VARCHAR AS prompt,"
+            " NULL::BOOLEAN AS prompt_messages, NULL::VARCHAR AS response, NULL::VARCHAR AS metadata,"
+            " NULL::BLOB AS row_hash) WHERE false"
+        )
     paths = [
         artifacts.verify(s["key"], s.get("sha256")) if verify else artifacts.local_path(s["key"])
         for s in manifest.segments
     ]
     if not manifest.has_deltas:
-        return f"SELECT {columns} FROM read_parquet({_sql_list(paths)})"
+        return f"SELECT {columns} FROM read_parquet({_sql_list(paths)})" + (
+            f" WHERE {scan_filter}" if scan_filter else ""
+        )
+    all_paths = _sql_list(paths)
+    delta_paths = _sql_list(
+        [p for p, s in zip(paths, manifest.segments, strict=True) if s.get("kind") == "delta"]
+    )
+    # The latest delta segment of each edited row id (small); a row is overridden by a later one.
+    latest = (
+        f"SELECT row_id AS _lid, max(list_position({all_paths}, filename)) AS _lseg"
+        f" FROM read_parquet({delta_paths}, filename = true) GROUP BY row_id"
+    )
+    scan = f"SELECT *, list_position({all_paths}, filename) AS _seg FROM read_parquet({all_paths}, filename = true)"
+    if scan_filter:
+        scan += f" WHERE {scan_filter}"
     return (
-        f"SELECT {columns} FROM (SELECT *, list_position({_sql_list(paths)}, filename) AS _seg "
-        f"FROM read_parquet({_sql_list(paths)}, filename = true) "
-        "QUALIFY row_number() OVER (PARTITION BY row_id ORDER BY _seg DESC) = 1) WHERE NOT deleted"
+        f"SELECT {columns} FROM ({scan}) AS r LEFT JOIN ({latest}) AS l ON l._lid = r.row_id"
+        " WHERE NOT r.deleted AND (l._lseg IS NULL OR l._lseg <= r._seg)"
     )
 
 
