@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ class Received:
     filename: str | None = None
     path: Path | None = None
     size: int = 0
-    sha256: str | None = None
 
 
 def safe_filename(name: str | None) -> str:
@@ -45,7 +43,6 @@ async def receive(request: Request, dest_dir: Path, *, file_field: str = "file")
         "hv": b"",
         "headers": {},
     }
-    h = hashlib.sha256()
     dest_dir.mkdir(parents=True, exist_ok=True)
 
     def on_part_begin() -> None:
@@ -77,7 +74,6 @@ async def receive(request: Request, dest_dir: Path, *, file_field: str = "file")
         if fh is not None:
             chunk = data[start:end]
             fh.write(chunk)
-            h.update(chunk)
             out.size += end - start
         else:
             buf = state["buf"]
@@ -116,5 +112,4 @@ async def receive(request: Request, dest_dir: Path, *, file_field: str = "file")
         raise
     if out.path is None:
         raise InvalidInput("no file in the upload: send it as a multipart part named 'file'")
-    out.sha256 = h.hexdigest()
     return out

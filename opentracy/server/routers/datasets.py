@@ -119,7 +119,6 @@ async def _stage_upload(name: str, request: Request, engine: Engine, slot_dir: P
         "staged": f"{slot_dir.name}/{got.path.name}",  # type: ignore[union-attr]
         "filename": got.filename,
         "bytes": got.size,
-        "sha256": got.sha256,
         "options": options,
     }
     return engine.jobs.submit(dataset_jobs.UPLOAD, params)
