@@ -252,7 +252,7 @@ def test_warnings(engine, write_jsonl):
 
 
 def test_many_small_writes_are_compacted(engine, tickets, monkeypatch):
-    import opentracy.datasets.service as svc
+    import opentracy.datasets._core as svc
 
     monkeypatch.setattr(svc, "MAX_SEGMENTS_BEFORE_COMPACTION", 5)
     for i in range(7):

@@ -203,7 +203,8 @@ class JobRunner:
                     cancel_requested=False,
                 )
             )
-        self.log(job_id, f"queued {kind}")
+            s.flush()
+            s.add(JobLogRecord(job_id=job_id, level="info", message=f"queued {kind}"))
         self._schedule(job_id)
         return self.get(job_id)
 
@@ -233,9 +234,9 @@ class JobRunner:
                 ).rowcount
                 == 1
             )
+            s.add(JobLogRecord(job_id=job_id, level="info", message="cancel requested"))
         if was_queued:
             self._cleanup(kind_name, params, job_id)
-        self.log(job_id, "cancel requested")
         return self.get(job_id)
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobInfo:
@@ -338,11 +339,14 @@ class JobRunner:
                 r.progress, r.message = 1.0, "done"
             else:
                 r.message = (error or {}).get("message", status)[:500]
-        self.log(
-            job_id,
-            f"{status}" + (f": {error['message']}" if error else ""),
-            "info" if status == "succeeded" else "error",
-        )
+            # The last log line commits with the status: whoever sees the end sees the whole log.
+            s.add(
+                JobLogRecord(
+                    job_id=job_id,
+                    level="info" if status == "succeeded" else "error",
+                    message=(f"{status}" + (f": {error['message']}" if error else ""))[:4000],
+                )
+            )
         self._finish_event(job_id)
 
     def _cleanup(self, kind_name: str, params: dict[str, Any], job_id: str) -> None:

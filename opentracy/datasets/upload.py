@@ -1,0 +1,367 @@
+"""Upload: read a file into a dataset's active version, all or nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from sqlalchemy import select
+
+from opentracy.datasets import formats
+from opentracy.datasets._core import (
+    DatasetCore,
+    ProgressFn,
+    _merge_clusters,
+    _now_iso,
+    label,
+    new_id,
+)
+from opentracy.datasets.models import (
+    UploadResult,
+    VersionInfo,
+)
+from opentracy.errors import Cancelled, Conflict, InvalidInput
+from opentracy.store.segments import (
+    INPUT_SCHEMA,
+    Manifest,
+    SegmentInfo,
+    SegmentWriter,
+    duck,
+    version_sql,
+)
+from opentracy.store.tables import DatasetRecord, VersionRecord, utcnow
+
+
+class UploadMixin(DatasetCore):
+    def upload(
+        self,
+        name: str,
+        path: str | Path,
+        *,
+        format: str | None = None,
+        prompt_field: str | None = None,
+        response_field: str | None = None,
+        metadata_fields: list[str] | None = None,
+        split: str | None = None,
+        on_error: str = "raise",
+        description: str | None = None,
+        display_name: str | None = None,
+        progress: ProgressFn | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        job_id: str | None = None,
+    ) -> UploadResult:
+        """Read a file into the dataset's active version (creating the dataset if needed). All or nothing."""
+        t0 = time.perf_counter()
+        progress = progress or (lambda f, m: None)
+        self.check_name(name)
+        mapping = formats.Mapping(prompt_field, response_field, metadata_fields)
+        src = formats.open_source(
+            path,
+            format=format,
+            mapping=mapping,
+            split=split,
+            on_error=on_error,  # type: ignore[arg-type]
+            display_name=display_name,
+            chunk_bytes=self.chunk_bytes,
+        )
+        # Where the rows will go. A new dataset is only created when the rows are committed.
+        with self.catalog.session() as s:
+            ds = s.scalar(select(DatasetRecord).where(DatasetRecord.name == name))
+            target = None
+            if ds is not None:
+                latest = s.scalar(
+                    select(VersionRecord)
+                    .where(VersionRecord.dataset_id == ds.id)
+                    .order_by(VersionRecord.number.desc())
+                    .limit(1)
+                )
+                target = latest
+                dsid = ds.id
+            else:
+                dsid = new_id("ds")
+        seq = self._reserve_write_seq(dsid) if ds is not None else 1
+        base_ord = seq << 32
+        writer = SegmentWriter(self.artifacts, id_salt=dsid, kind="base")
+        lines: list[np.ndarray] = []
+        pos = 0
+        try:
+            for batch in src.batches:
+                if cancelled and cancelled():
+                    raise Cancelled("upload cancelled; nothing was written")
+                n = batch.table.num_rows
+                if n:
+                    ords = pa.array(np.arange(base_ord + pos, base_ord + pos + n, dtype=np.int64))
+                    t = batch.table
+                    t = pa.table(
+                        {
+                            "row_id": t.column("row_id"),
+                            "ord": ords,
+                            "prompt": t.column("prompt"),
+                            "prompt_messages": t.column("prompt_messages"),
+                            "response": t.column("response"),
+                            "metadata": t.column("metadata"),
+                            "deleted": pa.array(np.zeros(n, dtype=bool)),
+                        },
+                        schema=INPUT_SCHEMA,
+                    )
+                    writer.add(t)
+                    lines.append(batch.lines)
+                    pos += n
+                progress(min(0.9, 0.9 * batch.progress), f"read {pos:,} rows")
+            if pos > 0xFFFFFFFF:
+                raise InvalidInput("a single upload holds at most 4,294,967,295 rows; split the file")
+            progress(0.9, f"writing {pos:,} rows")
+            seg = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        try:
+            line_of = np.concatenate(lines) if lines else np.empty(0, np.int64)
+            rid_hashes, _ = writer.row_id_hashes()
+            drop = self._check_ids(src, seg, writer.problems, rid_hashes, line_of, base_ord, target)
+            if drop:
+                seg = self._rewrite_without(seg, drop)
+            if seg.rows == 0:  # only possible when skipping: every record was bad
+                first = src.errors.items[0] if src.errors.items else {}
+                where = ", ".join(f"{k} {v}" for k, v in first.items() if k != "error")
+                raise InvalidInput(
+                    f"no valid rows: all {src.errors.count} record(s) were bad (first: {where}: {first.get('error')}); "
+                    "nothing was uploaded",
+                    file=src.file.name if src.file else str(path),
+                )
+            progress(0.97, "committing")
+            step = {
+                "kind": "upload",
+                "file": src.file.name if src.file else str(path),
+                "sha256": src.sha256(),
+                "format": src.format,
+                "split": src.split,
+                "rows": seg.rows,
+                "skipped": src.errors.count,
+                "options": {
+                    k: v
+                    for k, v in {
+                        "prompt_field": prompt_field,
+                        "response_field": response_field,
+                        "metadata_fields": metadata_fields,
+                        "on_error": on_error if on_error != "raise" else None,
+                    }.items()
+                    if v is not None
+                },
+                "at": _now_iso(),
+            }
+            if job_id:
+                step["job_id"] = job_id
+            clusters = (
+                sorted(json.loads(c) for c in writer.cluster_ids) if len(writer.cluster_ids) < 10_000 else []
+            )
+            info = self._commit_upload(name, dsid, description, target, seg, step, clusters)
+        except BaseException:
+            self._discard(seg)
+            raise
+        progress(1.0, f"uploaded {seg.rows:,} rows")
+        return UploadResult(
+            dataset=name,
+            version=info,
+            rows_added=seg.rows,
+            skipped=src.errors.count,
+            skipped_items=src.errors.items,
+            file=step["file"],
+            sha256=step["sha256"],
+            format=src.format,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+
+    def find_job_step(self, name: str, job_id: str) -> dict[str, Any] | None:
+        """The result of an upload job that already committed (found by its provenance step), if any."""
+        with self.catalog.session() as s:
+            ds = s.scalar(select(DatasetRecord).where(DatasetRecord.name == name))
+            if ds is None:
+                return None
+            for v in s.scalars(select(VersionRecord).where(VersionRecord.dataset_id == ds.id)).all():
+                for step in v.provenance or []:
+                    if step.get("job_id") == job_id:
+                        info = self._info(ds, v)
+                        return {
+                            "dataset": name,
+                            "version": info.model_dump(mode="json"),
+                            "rows_added": step.get("rows", 0),
+                            "skipped": step.get("skipped", 0),
+                            "skipped_items": [],
+                            "file": step.get("file"),
+                            "sha256": step.get("sha256"),
+                            "format": step.get("format"),
+                            "seconds": 0.0,
+                        }
+        return None
+
+    def _check_ids(
+        self,
+        src: formats.OpenedSource,
+        seg: SegmentInfo,
+        problems: list[tuple[int, str]],
+        rid_hashes: np.ndarray,
+        line_of: np.ndarray,
+        base_ord: int,
+        target: VersionRecord | None,
+    ) -> set[int]:
+        """Refuse (or, when skipping, drop) rows with badly typed metadata, and row ids repeated in the
+        file or already in the version."""
+        drop: set[int] = set()
+        unit = src.errors.unit
+
+        def where(o: int) -> int:
+            return int(line_of[o - base_ord])
+
+        for o, problem in sorted(problems):
+            src.errors(where(o), problem)
+            drop.add(o)
+
+        # Repeats inside the file: a cheap check on 64-bit hashes, then the exact ids from the segment.
+        if len(rid_hashes) > 1:
+            srt = np.sort(rid_hashes)
+            if np.any(srt[1:] == srt[:-1]):
+                path = self.artifacts.local_path(seg.key)
+                con = duck()
+                try:
+                    dups = con.sql(
+                        f"SELECT row_id, list(ord ORDER BY ord) FROM read_parquet('{path}') GROUP BY row_id "
+                        "HAVING count(*) > 1 ORDER BY min(ord)"
+                    ).fetchall()
+                finally:
+                    con.close()
+                for rid, o in dups:
+                    first = where(o[0])
+                    for later in o[1:]:
+                        src.errors(where(later), f"duplicate row_id {rid!r} (first seen at {unit} {first})")
+                        drop.add(int(later))
+        vsql = None
+        if target is not None and target.manifest:
+            vsql = version_sql(self.artifacts, Manifest.of(target.manifest), verify=True, columns="row_id")
+        if vsql:
+            path = self.artifacts.local_path(seg.key)
+            con = duck()
+            try:
+                clash = con.sql(
+                    f"SELECT n.row_id, n.ord FROM read_parquet('{path}') n JOIN ({vsql}) e ON n.row_id = e.row_id ORDER BY n.ord"
+                ).fetchall()
+            finally:
+                con.close()
+            for rid, o in clash:
+                if int(o) in drop:
+                    continue
+                src.errors(where(o), f"row_id {rid!r} is already in the dataset; edit that row instead")
+                drop.add(int(o))
+        return drop
+
+    def _rewrite_without(self, seg: SegmentInfo, drop: set[int]) -> SegmentInfo:
+        path = self.artifacts.local_path(seg.key)
+        con = duck()
+        try:
+            reader = con.sql(
+                f"SELECT * FROM read_parquet('{path}') WHERE NOT list_contains(?, ord) ORDER BY ord",
+                params=[sorted(drop)],
+            ).to_arrow_reader(batch_size=50_000)
+            tmp = self.artifacts.scratch_file("rewrite", ".parquet")
+            import pyarrow.parquet as pq
+
+            n = 0
+            with pq.ParquetWriter(tmp, reader.schema, compression="zstd") as w:
+                for rb in reader:
+                    n += rb.num_rows
+                    w.write_batch(rb)
+        finally:
+            con.close()
+        self._discard(seg)
+        key, digest, size = self.artifacts.put_file(tmp, prefix="segments", suffix=".parquet")
+        return SegmentInfo(key=key, sha256=digest, rows=n, bytes=size, kind="base")
+
+    def _commit_upload(
+        self,
+        name: str,
+        dsid: str,
+        description: str | None,
+        target: VersionRecord | None,
+        seg: SegmentInfo,
+        step: dict[str, Any],
+        clusters: list[Any],
+    ) -> VersionInfo:
+        with self.catalog.session() as s:
+            ds = s.get(DatasetRecord, dsid)
+            if ds is None:
+                if s.scalar(select(DatasetRecord.id).where(DatasetRecord.name == name)):
+                    raise Conflict(
+                        f"a dataset named {name!r} was created while this upload ran; upload again"
+                    )
+                ds = DatasetRecord(id=dsid, name=name, description=description or "", write_seq=1)
+                s.add(ds)
+                s.flush()
+                v = self._new_version_record(
+                    ds,
+                    1,
+                    manifest=[seg.to_manifest()],
+                    row_count=seg.rows,
+                    provenance=[step],
+                    stats=_merge_clusters({}, clusters),
+                )
+                s.add(v)
+            else:
+                if description:
+                    ds.description = description
+                latest = s.scalar(
+                    select(VersionRecord)
+                    .where(VersionRecord.dataset_id == ds.id)
+                    .order_by(VersionRecord.number.desc())
+                    .limit(1)
+                )
+                if target is not None and (
+                    latest is None or latest.id != target.id or latest.revision != target.revision
+                ):
+                    raise Conflict(f"dataset {name!r} changed while this upload ran; upload again")
+                if latest is not None and latest.status == "active":
+                    v = latest
+                    self._save_manifest(
+                        s,
+                        v,
+                        v.revision,
+                        manifest=list(v.manifest or []) + [seg.to_manifest()],
+                        row_count=v.row_count + seg.rows,
+                        provenance=list(v.provenance or []) + [step],
+                        stats=_merge_clusters(v.stats or {}, clusters),
+                    )
+                else:
+                    parent = latest
+                    v = self._new_version_record(
+                        ds,
+                        (parent.number if parent else 0) + 1,
+                        parent=parent,
+                        manifest=list(parent.manifest or []) + [seg.to_manifest()]
+                        if parent
+                        else [seg.to_manifest()],
+                        row_count=(parent.row_count if parent else 0) + seg.rows,
+                        provenance=(
+                            list(parent.provenance or [])
+                            + [
+                                {
+                                    "kind": "new_version",
+                                    "parent": label(name, parent.number),
+                                    "parent_hash": parent.content_hash,
+                                    "at": step["at"],
+                                }
+                            ]
+                            if parent
+                            else []
+                        )
+                        + [step],
+                        stats=_merge_clusters(dict(parent.stats or {}) if parent else {}, clusters),
+                    )
+                    s.add(v)
+            ds.updated_at = utcnow()
+            s.flush()
+            s.refresh(v)
+            return self._info(ds, v)
