@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint bench-upload clean
+.PHONY: serve test lint bench-upload bench-gateway clean
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ lint: $(STAMP)
 
 bench-upload: $(STAMP)
 	$(BIN)/python bench/upload.py
+
+bench-gateway: $(STAMP)
+	$(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV) .opentracy .pytest_cache

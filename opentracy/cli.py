@@ -99,6 +99,36 @@ def serve(host: str, port: int, log_level: str) -> None:
     uvicorn.run(create_app(settings=settings), host=host, port=port, log_level=log_level)
 
 
+@main.command("mock-llm")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8001, show_default=True, type=int)
+@click.option(
+    "--script",
+    "script_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="A .json list of rules, or a .py file defining reply(request) (or a list named rules).",
+)
+@click.option("--latency-ms", default=0, show_default=True, type=float, help="Delay before every answer.")
+@click.option("--log-level", default="warning", show_default=True)
+def mock_llm(host: str, port: int, script_path: str | None, latency_ms: float, log_level: str) -> None:
+    """Run the scripted OpenAI-compatible server of opentracy.testing (for tests, demos and benchmarks).
+
+    Without --script every answer is deterministic: a sentence derived from the request, a valid instance
+    when a JSON schema is asked for, hashed unit-vector embeddings. A JSON script is a list of rules,
+    matched in order: {"match": {"model", "contains", "path"}, "reply": {"content", "status", "headers",
+    "latency_ms", "hang", "malformed", "usage", "finish_reason", "tool_calls", "json"}, "times": N}.
+    """
+    from opentracy.testing import load_script, serve
+
+    script = load_script(script_path) if script_path else None
+    click.echo(
+        f"mock LLM on http://{host}:{port}/v1  (latency {latency_ms:g} ms, script: {script_path or 'none'})",
+        err=True,
+    )
+    serve(host=host, port=port, script=script, latency_ms=latency_ms, log_level=log_level)
+
+
 # ---------------------------------------------------------------------------------------------------
 # datasets
 
@@ -406,6 +436,93 @@ def jobs_show(ctx: click.Context, job_id: str) -> None:
 def jobs_cancel(ctx: click.Context, job_id: str) -> None:
     j = _client(ctx).cancel_job(job_id)
     click.echo(f"{j.id}  {j.status}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# aliases
+
+
+@main.group()
+def aliases() -> None:
+    """Named pointers to models (ticket-classifier → openai/gpt-4o), with their history."""
+
+
+def _whoami() -> str | None:
+    return os.environ.get("USER") or os.environ.get("USERNAME") or None
+
+
+@aliases.command("set")
+@click.argument("name")
+@click.argument("target")
+@click.option("--reason", default=None, help="Why: kept in the alias's history.")
+@click.option("--by", default=None, help="Who (default: $USER): kept in the alias's history.")
+@click.pass_context
+def aliases_set(ctx: click.Context, name: str, target: str, reason: str | None, by: str | None) -> None:
+    """Point NAME at TARGET: a model string provider/model, or another alias."""
+    a = _client(ctx).set_alias(name, target, reason, by=by or _whoami())
+    via = f"  (resolves to {a.resolved})" if a.resolved and a.resolved != a.target else ""
+    click.echo(f"{a.name} → {a.target}{via}")
+
+
+@aliases.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def aliases_list(ctx: click.Context, as_json: bool) -> None:
+    """All aliases and what they point at."""
+    items = _client(ctx).list_aliases()
+    if as_json:
+        click.echo(json.dumps([_alias_json(a) for a in items], indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(_id_col("alias"), _id_col("target"), "updated")
+    for a in items:
+        t.add_row(a.name, a.target, a.updated_at[:19])
+    _console().print(t)
+
+
+def _alias_json(a: Any) -> dict[str, Any]:
+    d = {"name": a.name, "target": a.target, "created_at": a.created_at, "updated_at": a.updated_at}
+    if a.resolved is not None:
+        d["resolved"] = a.resolved
+    if a.history is not None:
+        d["history"] = a.history
+    return d
+
+
+@aliases.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def aliases_show(ctx: click.Context, name: str, as_json: bool) -> None:
+    """An alias, the model it resolves to, and its history (who pointed it where, when, why)."""
+    a = _client(ctx).get_alias(name)
+    if as_json:
+        click.echo(json.dumps(_alias_json(a), indent=2))
+        return
+    resolved = a.resolved or "(does not resolve: see `opentracy aliases show` of its target)"
+    via = f"  (resolves to {resolved})" if a.resolved != a.target else ""
+    click.echo(f"{a.name} → {a.target}{via}")
+    for h in a.history or []:
+        change = {
+            "create": f"created → {h['new_target']}",
+            "repoint": f"{h['old_target']} → {h['new_target']}",
+            "delete": f"deleted (was {h['old_target']})",
+        }.get(h["action"], h["action"])
+        who = f"  by {h['by']}" if h.get("by") else ""
+        why = f"  — {h['reason']}" if h.get("reason") else ""
+        click.echo(f"  {h['at'][:19]}  {change}{who}{why}")
+
+
+@aliases.command("delete")
+@click.argument("name")
+@click.option("--reason", default=None, help="Why: kept in the alias's history.")
+@click.option("--by", default=None, help="Who (default: $USER): kept in the alias's history.")
+@click.pass_context
+def aliases_delete(ctx: click.Context, name: str, reason: str | None, by: str | None) -> None:
+    """Delete an alias (its history stays)."""
+    _client(ctx).delete_alias(name, reason, by=by or _whoami())
+    click.echo(f"deleted {name}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -174,6 +174,25 @@ class Dataset:
         return self._c.to_hf(self.name, version=self.version, test_size=test_size, seed=seed)
 
 
+@dataclass(frozen=True)
+class Alias:
+    """A named pointer to a model. `resolved` is the model string at the end of its chain; `history` (oldest
+    first: action, at, by, reason, old_target, new_target) is filled by `get_alias`."""
+
+    name: str
+    target: str
+    created_at: str
+    updated_at: str
+    resolved: str | None = None
+    history: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def _from(cls, d: dict[str, Any]) -> Alias:
+        return cls(
+            d["name"], d["target"], d["created_at"], d["updated_at"], d.get("resolved"), d.get("history")
+        )
+
+
 class _ReadCounter:
     """A file wrapper that reports how much has been read (for the upload progress bar)."""
 
@@ -539,6 +558,26 @@ class Distiller:
         with tempfile.TemporaryDirectory() as d:
             path = self.export(name, Path(d) / "rows.parquet", format="parquet", version=version)
             return to_hf(pq.read_table(path), test_size=test_size, seed=seed)
+
+    # -- aliases -----------------------------------------------------------------------------------
+    def set_alias(self, name: str, target: str, reason: str | None = None, *, by: str | None = None) -> Alias:
+        """Point `name` at a model string (`openai/gpt-4o`) or another alias; recorded in its history."""
+        body = {"target": target, "reason": reason, "by": by}
+        return Alias._from(self._json("PUT", f"/v1/aliases/{name}", json=body))
+
+    def get_alias(self, name: str) -> Alias:
+        return Alias._from(self._json("GET", f"/v1/aliases/{name}"))
+
+    def list_aliases(self) -> list[Alias]:
+        return [Alias._from(d) for d in self._json("GET", "/v1/aliases")["items"]]
+
+    def delete_alias(self, name: str, reason: str | None = None, *, by: str | None = None) -> None:
+        params = {k: v for k, v in {"reason": reason, "by": by}.items() if v is not None}
+        self._request("DELETE", f"/v1/aliases/{name}", params=params)
+
+    def alias_history(self, name: str) -> list[dict[str, Any]]:
+        """Every change of the name, oldest first (kept after the alias is deleted)."""
+        return self._json("GET", f"/v1/aliases/{name}/history")["items"]
 
 
 _FILE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".parquet", ".pq", ".arrow")

@@ -9,6 +9,9 @@ from opentracy.config import Settings
 from opentracy.datasets import jobs as dataset_jobs
 from opentracy.datasets.service import DatasetService
 from opentracy.jobs import JobRunner
+from opentracy.llm.aliases import AliasService
+from opentracy.llm.cache import ResponseCache
+from opentracy.llm.pricing import Pricing
 from opentracy.store.artifacts import ArtifactStore
 from opentracy.store.catalog import Catalog
 
@@ -25,6 +28,9 @@ class Engine:
         )
         self.jobs = JobRunner(self.catalog, workers=self.settings.job_workers)
         dataset_jobs.register(self.jobs, self.datasets, self.settings.staging_dir)
+        self.aliases = AliasService(self.catalog)
+        self.llm_cache = ResponseCache(self.catalog)
+        self.pricing = Pricing()  # the genai-prices table loads on the first cost asked, not here
         self._started = False
 
     def start(self) -> Engine:

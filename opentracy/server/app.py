@@ -79,8 +79,9 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     def health() -> dict:
         return {"status": "ok", "version": opentracy.__version__}
 
-    from opentracy.server.routers import datasets, jobs
+    from opentracy.server.routers import aliases, datasets, jobs
 
     app.include_router(datasets.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     app.include_router(jobs.router, prefix="/v1", dependencies=[Depends(check_api_key)])
+    app.include_router(aliases.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     return app

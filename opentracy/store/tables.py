@@ -85,3 +85,43 @@ class JobLogRecord(Base):
     ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
     level: Mapped[str] = mapped_column(String(10), default="info", nullable=False)
     message: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class AliasRecord(Base):
+    """A named pointer to a model string (`ticket-classifier` → `openai/gpt-4o`) or to another alias."""
+
+    __tablename__ = "aliases"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    target: Mapped[str] = mapped_column(String(400), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+class AliasHistoryRecord(Base):
+    """One change of an alias: create, repoint or delete. Kept after the alias is deleted (no foreign key)."""
+
+    __tablename__ = "alias_history"
+    __table_args__ = (Index("ix_alias_history_alias", "alias", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alias: Mapped[str] = mapped_column(String(200), nullable=False)
+    action: Mapped[str] = mapped_column(String(16), nullable=False)  # create | repoint | delete
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    old_target: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    new_target: Mapped[str | None] = mapped_column(String(400), nullable=True)
+
+
+class LLMCacheRecord(Base):
+    """A cached model response, keyed by the hash of (model, messages, parameters, sample index)."""
+
+    __tablename__ = "llm_cache"
+    __table_args__ = (Index("ix_llm_cache_model", "model"),)
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(400), nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    hits: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)

@@ -1,0 +1,1 @@
+"""The LLM gateway: every model call the platform makes goes through here."""
