@@ -59,10 +59,16 @@ def start_mock(latency_ms: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit("mock-llm did not start")
 
 
-async def run_raw(base_url: str, calls: int, in_flight: int) -> tuple[float, float, int]:
+async def run_raw(base_url: str, calls: int, in_flight: int, aiohttp: bool = False) -> tuple[float, float, int]:
     import openai
 
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0)
+    kw = {}
+    if aiohttp:  # the transport the gateway uses, with the same pool size
+        import httpx2
+
+        limits = httpx2.Limits(max_connections=max(in_flight * 2, 100), max_keepalive_connections=in_flight)
+        kw["http_client"] = openai.DefaultAioHttpClient(limits=limits)
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0, **kw)
     sem = asyncio.Semaphore(in_flight)
     ok = 0
 
@@ -112,7 +118,12 @@ def main() -> None:
     try:
         for n in args.in_flight:
             ideal = n / (args.latency_ms / 1000)
-            for name, fn in (("raw openai SDK", run_raw), ("gateway", run_gateway)):
+            clients = (
+                ("raw openai SDK", run_raw),
+                ("raw SDK+aiohttp", lambda u, c, n: run_raw(u, c, n, aiohttp=True)),
+                ("gateway", run_gateway),
+            )
+            for name, fn in clients:
                 walls, cpus = [], []
                 for _ in range(args.repeat):
                     wall, cpu, ok = asyncio.run(fn(base_url, args.calls, n))

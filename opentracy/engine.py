@@ -5,6 +5,8 @@ Every face (HTTP server, CLI, tests) builds one `Engine` and calls into it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from opentracy.config import Settings
 from opentracy.datasets import jobs as dataset_jobs
 from opentracy.datasets.service import DatasetService
@@ -14,6 +16,9 @@ from opentracy.llm.cache import ResponseCache
 from opentracy.llm.pricing import Pricing
 from opentracy.store.artifacts import ArtifactStore
 from opentracy.store.catalog import Catalog
+
+if TYPE_CHECKING:
+    from opentracy.llm.gateway import Gateway
 
 
 class Engine:
@@ -31,7 +36,18 @@ class Engine:
         self.aliases = AliasService(self.catalog)
         self.llm_cache = ResponseCache(self.catalog)
         self.pricing = Pricing()  # the genai-prices table loads on the first cost asked, not here
+        self._gateway: Gateway | None = None
         self._started = False
+
+    @property
+    def gateway(self) -> Gateway:
+        """The LLM gateway every model call of the platform goes through (aliases, cache and prices of this
+        engine; providers from the environment). Built on first use."""
+        if self._gateway is None:
+            from opentracy.llm.gateway import Gateway
+
+            self._gateway = Gateway(aliases=self.aliases, cache=self.llm_cache, pricing=self.pricing)
+        return self._gateway
 
     def start(self) -> Engine:
         """Resume or fail the jobs a previous process left behind."""
@@ -43,6 +59,8 @@ class Engine:
 
     def close(self) -> None:
         self.jobs.shutdown(wait=True)
+        if self._gateway is not None:
+            self._gateway.close()
         self.catalog.dispose()
 
     def __enter__(self) -> Engine:

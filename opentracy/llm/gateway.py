@@ -5,9 +5,11 @@
     c.content, c.input_tokens, c.output_tokens, c.cost_usd, c.latency_s
 
 - Model strings are `provider/model`. `openai/…` goes to any OpenAI-compatible server through the official
-  `openai` SDK (the fast path; `OPENAI_BASE_URL` / `OPENAI_API_KEY`). Other OpenAI-compatible endpoints
-  (vLLM, Ollama, llama.cpp, OpenRouter…) are named in `OPENTRACY_ENDPOINTS`:
-  `{"vllm": {"base_url": "http://gpu:8000/v1", "api_key_env": "VLLM_API_KEY", "max_in_flight": 64}}`
+  `openai` SDK (the fast path; `OPENAI_BASE_URL` / `OPENAI_API_KEY`); so do the built-in `gemini/`, `groq/`,
+  `together/`, `deepseek/`, `xai/`, `mistral/`, `fireworks/`, `openrouter/` and `ollama/` (PRESETS below).
+  `anthropic/…` speaks Anthropic's own API, `local/…` runs a Hugging Face model in-process
+  (opentracy.llm.providers). Other OpenAI-compatible endpoints (vLLM, llama.cpp…) are named in
+  `OPENTRACY_ENDPOINTS`: `{"vllm": {"base_url": "http://gpu:8000/v1", "api_key_env": "VLLM_API_KEY"}}`
   makes `vllm/<model>` work. An alias (see aliases.py) is accepted wherever a model is.
 - Each provider has a bound on calls in flight, optional requests- and tokens-per-minute limits, retries
   with exponential backoff and jitter on 429 / 5xx / timeouts / connection errors (honouring
@@ -21,7 +23,6 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import os
 import random
@@ -31,7 +32,28 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from opentracy.errors import InvalidInput, OpentracyError
+from opentracy.errors import InvalidInput
+from opentracy.llm.providers import Provider, provider_class
+from opentracy.llm.types import (
+    Completion,
+    Endpoint,
+    LLMError,
+    LLMRateLimited,
+    LLMTimeout,
+    StructuredOutputError,
+)
+
+__all__ = [
+    "Completion",
+    "Endpoint",
+    "Gateway",
+    "LLMError",
+    "LLMRateLimited",
+    "LLMTimeout",
+    "StructuredOutputError",
+    "load_endpoints",
+    "split_model",
+]
 
 T = TypeVar("T")
 
@@ -39,94 +61,82 @@ T = TypeVar("T")
 _RESERVED = {"model", "messages", "stream", "n"}
 
 
-class LLMError(OpentracyError):
-    """A model call failed for good (after retries). `retryable` says whether trying later may help."""
-
-    status_code = 502
-    code = "llm_error"
-
-    def __init__(
-        self, message: str, *, model: str | None = None, status: int | None = None, retryable: bool = False
-    ):
-        super().__init__(message, model=model, upstream_status=status)
-        self.model = model
-        self.status = status
-        self.retryable = retryable
-
-
-class LLMTimeout(LLMError):
-    code = "llm_timeout"
-
-
-class LLMRateLimited(LLMError):
-    code = "llm_rate_limited"
+# Built-in providers: (kind, default base URL, API key variable). Each base URL can be changed with
+# <NAME>_BASE_URL (OPENAI_BASE_URL, ANTHROPIC_BASE_URL, GROQ_BASE_URL…), so any of them can be pointed at
+# a proxy or a local server by configuration alone. `None` as a base URL means the SDK's own default.
+PRESETS: dict[str, tuple[str, str | None, str | None]] = {
+    "openai": ("openai", None, "OPENAI_API_KEY"),
+    "anthropic": ("anthropic", None, "ANTHROPIC_API_KEY"),
+    "gemini": ("openai", "https://generativelanguage.googleapis.com/v1beta/openai/", "GEMINI_API_KEY"),
+    "groq": ("openai", "https://api.groq.com/openai/v1", "GROQ_API_KEY"),
+    "together": ("openai", "https://api.together.xyz/v1", "TOGETHER_API_KEY"),
+    "deepseek": ("openai", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY"),
+    "xai": ("openai", "https://api.x.ai/v1", "XAI_API_KEY"),
+    "mistral": ("openai", "https://api.mistral.ai/v1", "MISTRAL_API_KEY"),
+    "fireworks": ("openai", "https://api.fireworks.ai/inference/v1", "FIREWORKS_API_KEY"),
+    "openrouter": ("openai", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+    "ollama": ("openai", "http://localhost:11434/v1", None),
+    "local": ("local", None, None),
+}
+_DEFAULT_IN_FLIGHT = {"openai": 64, "local": 1}
 
 
-class StructuredOutputError(LLMError):
-    """The model's answer did not match the requested schema, even after one repair attempt."""
-
-    code = "structured_output_error"
-
-    def __init__(self, message: str, *, model: str | None = None, raw: str | None = None, errors: Any = None):
-        super().__init__(message, model=model)
-        self.raw = raw
-        self.errors = errors
-
-
-@dataclass(slots=True)
-class Completion:
-    model: str  # the resolved provider/model string
-    content: str
-    finish_reason: str | None
-    input_tokens: int
-    output_tokens: int
-    cost_usd: float | None  # None when the model's price is unknown
-    latency_s: float
-    alias: str | None = None
-    ttft_s: float | None = None  # time to first token, when streaming
-    cached: bool = False
-    sample: int = 0
-    internal: bool = False
-    attempts: int = 1
-    message: dict[str, Any] = field(default_factory=dict)
-    parsed: Any = None  # the validated pydantic instance when response_model was given
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    name: str
-    base_url: str | None
-    api_key: str | None
-    max_in_flight: int
-    rpm: int | None = None
-    tpm: int | None = None
+def _int(env: dict[str, str], name: str) -> int | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a whole number, not {raw!r}") from None
 
 
 def load_endpoints(env: dict[str, str] | None = None) -> dict[str, Endpoint]:
-    """`openai` from OPENAI_BASE_URL / OPENAI_API_KEY, plus any named in OPENTRACY_ENDPOINTS (JSON)."""
+    """The built-in providers (PRESETS, configured by their own standard variables), plus any named in
+    OPENTRACY_ENDPOINTS (JSON), which may also override a built-in one:
+
+        OPENTRACY_ENDPOINTS='{"vllm": {"base_url": "http://gpu:8000/v1", "api_key_env": "VLLM_API_KEY",
+                              "max_in_flight": 64, "rpm": 600, "tpm": 200000}}'
+
+    makes `vllm/<model>` reach that server. Per built-in provider, OPENTRACY_<NAME>_MAX_IN_FLIGHT,
+    OPENTRACY_<NAME>_RPM and OPENTRACY_<NAME>_TPM bound its traffic.
+    """
     env = dict(os.environ if env is None else env)
-    out = {
-        "openai": Endpoint(
-            "openai",
-            env.get("OPENAI_BASE_URL") or None,
-            env.get("OPENAI_API_KEY") or None,
-            int(env.get("OPENTRACY_OPENAI_MAX_IN_FLIGHT", "64")),
-            int(env["OPENTRACY_OPENAI_RPM"]) if env.get("OPENTRACY_OPENAI_RPM") else None,
-            int(env["OPENTRACY_OPENAI_TPM"]) if env.get("OPENTRACY_OPENAI_TPM") else None,
+    out: dict[str, Endpoint] = {}
+    for name, (kind, base, key_var) in PRESETS.items():
+        up = name.upper()
+        out[name] = Endpoint(
+            name,
+            env.get(f"{up}_BASE_URL") or base,
+            (env.get(key_var) or None) if key_var else None,
+            _int(env, f"OPENTRACY_{up}_MAX_IN_FLIGHT") or _DEFAULT_IN_FLIGHT.get(name, 32),
+            _int(env, f"OPENTRACY_{up}_RPM"),
+            _int(env, f"OPENTRACY_{up}_TPM"),
+            kind=kind,
         )
-    }
     raw = env.get("OPENTRACY_ENDPOINTS")
     if raw:
         try:
             conf = json.loads(raw)
         except ValueError as e:
             raise InvalidInput(f"OPENTRACY_ENDPOINTS is not valid JSON: {e}") from None
+        if not isinstance(conf, dict):
+            raise InvalidInput("OPENTRACY_ENDPOINTS must be a JSON object: {name: {base_url, ...}}")
         for name, c in conf.items():
-            if not isinstance(c, dict) or "base_url" not in c:
+            kind = c.get("kind", "openai") if isinstance(c, dict) else None
+            if not isinstance(c, dict) or ("base_url" not in c and kind == "openai"):
                 raise InvalidInput(f"OPENTRACY_ENDPOINTS[{name!r}] needs a base_url")
             key = c.get("api_key") or (env.get(c["api_key_env"]) if c.get("api_key_env") else None)
+            known = {"kind", "base_url", "api_key", "api_key_env", "max_in_flight", "rpm", "tpm"}
             out[name] = Endpoint(
-                name, c["base_url"], key, int(c.get("max_in_flight", 32)), c.get("rpm"), c.get("tpm")
+                name,
+                c.get("base_url"),
+                key,
+                int(c.get("max_in_flight", _DEFAULT_IN_FLIGHT.get(kind, 32))),
+                c.get("rpm"),
+                c.get("tpm"),
+                kind=kind,
+                options={k: v for k, v in c.items() if k not in known},
             )
     return out
 
@@ -177,7 +187,7 @@ class _Limiter:
 class _LoopState:
     """Per event loop: SDK clients, semaphores and limiters are bound to the loop that made them."""
 
-    clients: dict[str, Any] = field(default_factory=dict)
+    providers: dict[str, Provider] = field(default_factory=dict)
     sems: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     limiters: dict[str, _Limiter] = field(default_factory=dict)
 
@@ -188,28 +198,6 @@ def _estimate_tokens(messages: Sequence[dict[str, Any]]) -> int:
         c = m.get("content")
         n += 4 + (len(c) // 4 if isinstance(c, str) else len(json.dumps(c)) // 4 if c else 0)
     return n
-
-
-def _retry_after(headers: Any) -> float | None:
-    if not headers:
-        return None
-    raw = headers.get("retry-after-ms")
-    if raw:
-        try:
-            return float(raw) / 1000
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-            return max(0.0, when.timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
 
 
 class Gateway:
@@ -264,35 +252,6 @@ class Gateway:
                 'OPENTRACY_ENDPOINTS, e.g. {"vllm": {"base_url": "http://host:8000/v1"}}'
             )
         return ep
-
-    def _client(self, st: _LoopState, ep: Endpoint) -> Any:
-        c = st.clients.get(ep.name)
-        if c is None:
-            import openai
-
-            # The SDK's aiohttp transport: measured here at 1.2-1.4 ms of client CPU per call and 79% of ideal
-            # at 128 in flight, against 1.9-2.0 ms and 65% for its default httpx2 transport (bench/gateway.py).
-            http: Any = None
-            try:
-                import httpx2
-
-                limits = httpx2.Limits(
-                    max_connections=max(ep.max_in_flight * 2, 100), max_keepalive_connections=ep.max_in_flight
-                )
-                try:
-                    http = openai.DefaultAioHttpClient(limits=limits)
-                except RuntimeError:  # installed without the aiohttp extra
-                    http = openai.DefaultAsyncHttpx2Client(limits=limits)
-            except (ImportError, AttributeError):  # an SDK without httpx2: its own defaults
-                http = None
-            c = st.clients[ep.name] = openai.AsyncOpenAI(
-                base_url=ep.base_url,
-                api_key=ep.api_key or "not-needed",
-                max_retries=0,  # retries are ours: one policy for every provider
-                timeout=self.timeout,
-                **({"http_client": http} if http is not None else {}),
-            )
-        return c
 
     def _sem(self, st: _LoopState, ep: Endpoint) -> asyncio.Semaphore:
         s = st.sems.get(ep.name)
@@ -379,6 +338,12 @@ class Gateway:
             self.cache.put(key, resolved, _to_payload(c))
         return c
 
+    def _provider(self, st: _LoopState, ep: Endpoint) -> Provider:
+        prov = st.providers.get(ep.name)
+        if prov is None:
+            prov = st.providers[ep.name] = provider_class(ep.kind)(ep, timeout=self.timeout)
+        return prov
+
     async def _call(
         self,
         ep: Endpoint,
@@ -393,10 +358,8 @@ class Gateway:
         stream: bool,
         max_retries: int | None,
     ) -> Completion:
-        import openai
-
         st = self._state()
-        client = self._client(st, ep)
+        prov = self._provider(st, ep)
         retries = self.max_retries if max_retries is None else max_retries
         attempt = 0
         while True:
@@ -405,24 +368,11 @@ class Gateway:
             async with self._sem(st, ep):
                 t0 = time.perf_counter()
                 try:
-                    if stream:
-                        c = await self._stream(client, name, msgs, p, timeout, t0)
-                    else:
-                        r = await client.chat.completions.create(
-                            model=name, messages=msgs, timeout=timeout or self.timeout, **p
-                        )
-                        ch = r.choices[0]
-                        u = r.usage
-                        c = Completion(
-                            model=resolved,
-                            content=ch.message.content or "",
-                            finish_reason=ch.finish_reason,
-                            input_tokens=u.prompt_tokens if u else 0,
-                            output_tokens=u.completion_tokens if u else 0,
-                            cost_usd=None,
-                            latency_s=time.perf_counter() - t0,
-                            message=ch.message.model_dump(exclude_none=True),
-                        )
+                    c = await prov.chat(name, msgs, p, timeout=timeout or self.timeout, stream=stream, t0=t0)
+                except LLMError as e:
+                    err = e
+                    err.model = resolved
+                else:
                     c.model, c.alias, c.sample, c.internal, c.attempts = (
                         resolved,
                         alias,
@@ -432,88 +382,15 @@ class Gateway:
                     )
                     c.cost_usd = self._cost(resolved, c.input_tokens, c.output_tokens)
                     return c
-                except openai.APIStatusError as e:
-                    status = e.status_code
-                    retryable = status == 429 or status >= 500 or status == 408
-                    wait = _retry_after(e.response.headers if e.response is not None else None)
-                    err_cls = LLMRateLimited if status == 429 else LLMError
-                    err = err_cls(
-                        f"{resolved}: HTTP {status}: {_err_message(e)}",
-                        model=resolved,
-                        status=status,
-                        retryable=retryable,
-                    )
-                except openai.APITimeoutError:
-                    retryable, wait = True, None
-                    err = LLMTimeout(
-                        f"{resolved}: no answer within {timeout or self.timeout:g} s",
-                        model=resolved,
-                        retryable=True,
-                    )
-                except openai.APIConnectionError as e:
-                    retryable, wait = True, None
-                    err = LLMError(
-                        f"{resolved}: cannot reach the provider ({e})", model=resolved, retryable=True
-                    )
-                except (openai.APIResponseValidationError, ValueError, json.JSONDecodeError) as e:
-                    retryable, wait = True, None
-                    err = LLMError(
-                        f"{resolved}: the provider sent a malformed response ({e})",
-                        model=resolved,
-                        retryable=True,
-                    )
-            if not retryable or attempt > retries:
+            if not err.retryable or attempt > retries:
                 raise err
-            delay = (
-                wait if wait is not None else min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-            )
+            wait = err.retry_after
             if wait is None:
-                delay *= random.uniform(0.5, 1.5)  # jitter, so retries of many calls spread out
-            await asyncio.sleep(min(delay, self.backoff_max))
-
-    async def _stream(
-        self,
-        client: Any,
-        name: str,
-        msgs: list[dict[str, Any]],
-        p: dict[str, Any],
-        timeout: float | None,
-        t0: float,
-    ) -> Completion:
-        parts: list[str] = []
-        ttft = None
-        finish = None
-        usage = None
-        s = await client.chat.completions.create(
-            model=name,
-            messages=msgs,
-            stream=True,
-            stream_options={"include_usage": True},
-            timeout=timeout or self.timeout,
-            **p,
-        )
-        async for chunk in s:
-            if chunk.usage is not None:
-                usage = chunk.usage
-            for ch in chunk.choices:
-                if ch.delta and ch.delta.content:
-                    if ttft is None:
-                        ttft = time.perf_counter() - t0
-                    parts.append(ch.delta.content)
-                if ch.finish_reason:
-                    finish = ch.finish_reason
-        content = "".join(parts)
-        return Completion(
-            model=name,
-            content=content,
-            finish_reason=finish,
-            input_tokens=usage.prompt_tokens if usage else 0,
-            output_tokens=usage.completion_tokens if usage else 0,
-            cost_usd=None,
-            latency_s=time.perf_counter() - t0,
-            ttft_s=ttft,
-            message={"role": "assistant", "content": content},
-        )
+                # exponential backoff with jitter, so the retries of many calls spread out
+                wait = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(
+                    0.5, 1.5
+                )
+            await asyncio.sleep(min(wait, self.backoff_max))
 
     async def complete_many(
         self, requests: Sequence[dict[str, Any]], *, return_exceptions: bool = True
@@ -542,8 +419,8 @@ class Gateway:
         """Close the HTTP clients this event loop opened (call it before the loop ends)."""
         st = self._states.pop(id(asyncio.get_running_loop()), None)
         if st is not None:
-            for c in st.clients.values():
-                await c.close()
+            for prov in st.providers.values():
+                await prov.aclose()
 
     def close(self) -> None:
         """Close the clients of the sync wrapper's loop and stop that loop."""
@@ -551,8 +428,8 @@ class Gateway:
         if loop is not None:
             st = self._states.pop(id(loop), None)
             if st is not None:
-                for c in st.clients.values():
-                    asyncio.run_coroutine_threadsafe(c.close(), loop).result(5)
+                for prov in st.providers.values():
+                    asyncio.run_coroutine_threadsafe(prov.aclose(), loop).result(5)
             loop.call_soon_threadsafe(loop.stop)
             if self._sync_thread is not None:
                 self._sync_thread.join(5)
@@ -586,15 +463,6 @@ def _short(errors: Any) -> str:
         loc = ".".join(str(x) for x in e.get("loc", ())) or "answer"
         out.append(f"{loc}: {e.get('msg')}")
     return "; ".join(out)
-
-
-def _err_message(e: Any) -> str:
-    body = getattr(e, "body", None)
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-    return str(getattr(e, "message", e))
 
 
 def _to_payload(c: Completion) -> dict[str, Any]:
