@@ -59,7 +59,9 @@ def start_mock(latency_ms: int) -> tuple[subprocess.Popen, str]:
     raise SystemExit("mock-llm did not start")
 
 
-async def run_raw(base_url: str, calls: int, in_flight: int, aiohttp: bool = False) -> tuple[float, float, int]:
+async def run_raw(
+    base_url: str, calls: int, in_flight: int, aiohttp: bool = False
+) -> tuple[float, float, int]:
     import openai
 
     kw = {}
