@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from opentracy.testing import answers as A
+from opentracy.testing import anthropic as ANT
 from opentracy.testing.script import Reply, Script
 
 log = logging.getLogger("opentracy.testing")
@@ -165,22 +166,30 @@ class MockApp:
         if latency:
             await asyncio.sleep(latency / 1000)
         headers = reply.headers if reply is not None else None
+        path: str = request["path"]
+        route = path[3:] if path.startswith("/v1/") else path
+        method = request["method"]
+        # Anthropic's Messages API answers in its own error shape.
+        err = ANT.error_body if route == "/messages" else error_body
         if reply is not None:
             if reply.hang:
                 if await self._hang(receive):
-                    await _send_json(send, 503, error_body(503, "mock server stopping"))
+                    await _send_json(send, 503, err(503, "mock server stopping"))
                 return
             if reply.json is not None:
                 return await _send_json(send, reply.status, reply.json, headers)
             if reply.status >= 400:
-                return await _send_json(send, reply.status, error_body(reply.status, reply.content), headers)
+                return await _send_json(send, reply.status, err(reply.status, reply.content), headers)
             if reply.malformed:
+                if route == "/messages":
+                    stream = isinstance(body, dict) and bool(body.get("stream"))
+                    ctype = b"text/event-stream" if stream else b"application/json"
+                    return await _send_bytes(send, 200, ANT.malformed(stream), ctype, headers)
                 return await self._malformed(send, body, headers)
         if bad is not None:
-            return await _send_json(send, 400, error_body(400, bad))
-        path: str = request["path"]
-        route = path[3:] if path.startswith("/v1/") else path
-        method = request["method"]
+            return await _send_json(send, 400, err(400, bad))
+        if route == "/messages" and method == "POST":
+            return await self._messages(body, reply, send)
         if route == "/chat/completions" and method == "POST":
             return await self._chat(body, reply, send)
         if route == "/embeddings" and method == "POST":
@@ -285,6 +294,19 @@ class MockApp:
             "usage": usage,
         }
         await _send_json(send, 200, resp, headers)
+
+    # --- Anthropic's Messages API (opentracy.testing.anthropic) --------------------------------------
+
+    async def _messages(self, body: Any, reply: Reply | None, send: Send) -> None:
+        try:
+            message, events = ANT.answer(body, reply, f"msg_mock{next(self._ids):08d}")
+        except ANT.BadRequest as e:
+            return await _send_json(send, 400, ANT.error_body(400, str(e)))
+        headers = reply.headers if reply is not None else None
+        if events is not None:
+            delay = reply.chunk_delay_ms if reply is not None else 0
+            return await _send_stream(send, events, delay, headers)
+        await _send_json(send, 200, message, headers)
 
     # --- embeddings ---------------------------------------------------------------------------------
 
