@@ -13,6 +13,7 @@ from opentracy.datasets.service import DatasetService
 from opentracy.jobs import JobRunner
 from opentracy.llm.aliases import AliasService
 from opentracy.llm.cache import ResponseCache
+from opentracy.llm.local_models import LocalModelService
 from opentracy.llm.pricing import Pricing
 from opentracy.store.artifacts import ArtifactStore
 from opentracy.store.catalog import Catalog
@@ -36,6 +37,7 @@ class Engine:
         self.aliases = AliasService(self.catalog)
         self.llm_cache = ResponseCache(self.catalog)
         self.pricing = Pricing()  # the genai-prices table loads on the first cost asked, not here
+        self.local_models = LocalModelService(self.catalog)  # what `local/<name>` runs
         self._gateway: Gateway | None = None
         self._started = False
 
@@ -44,9 +46,15 @@ class Engine:
         """The LLM gateway every model call of the platform goes through (aliases, cache and prices of this
         engine; providers from the environment). Built on first use."""
         if self._gateway is None:
-            from opentracy.llm.gateway import Gateway
+            from opentracy.llm.gateway import Gateway, load_endpoints
+            from opentracy.llm.local_models import with_registry
 
-            self._gateway = Gateway(aliases=self.aliases, cache=self.llm_cache, pricing=self.pricing)
+            self._gateway = Gateway(
+                aliases=self.aliases,
+                cache=self.llm_cache,
+                pricing=self.pricing,
+                endpoints=with_registry(load_endpoints(), self.local_models),
+            )
         return self._gateway
 
     def start(self) -> Engine:

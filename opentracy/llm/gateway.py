@@ -265,6 +265,15 @@ class Gateway:
             lim = st.limiters[ep.name] = _Limiter(ep.rpm, ep.tpm)
         return lim
 
+    def _price(self, model: str, c: Completion) -> float | None:
+        """A provider that knows its own price (local models: the registry's) sets `cost_usd`; a price
+        override for the model string in Pricing wins over it; otherwise the price table prices the call."""
+        if c.cost_usd is not None:
+            r = self.pricing.rates(model) if self.pricing is not None else None
+            if r is None or r.get("source") != "override":
+                return c.cost_usd
+        return self._cost(model, c.input_tokens, c.output_tokens)
+
     def _cost(self, model: str, tin: int, tout: int) -> float | None:
         if self.pricing is None:
             return None
@@ -380,7 +389,7 @@ class Gateway:
                         internal,
                         attempt,
                     )
-                    c.cost_usd = self._cost(resolved, c.input_tokens, c.output_tokens)
+                    c.cost_usd = self._price(resolved, c)
                     return c
             if not err.retryable or attempt > retries:
                 raise err

@@ -125,3 +125,28 @@ class LLMCacheRecord(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
     hits: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+
+
+# --- local models (opentracy.llm.local_models) -----------------------------------------------------
+
+
+class LocalModelRecord(Base):
+    """A model that runs in-process as `local/<name>`: a Hugging Face causal LM from a local path, with an
+    optional LoRA adapter. The distillation jobs register their students here."""
+
+    __tablename__ = "local_models"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # m_…
+    name: Mapped[str] = mapped_column(String(200), unique=True, nullable=False)
+    base_model: Mapped[str] = mapped_column(String(1000), nullable=False)
+    adapter: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    chat_template: Mapped[str | None] = mapped_column(Text, nullable=True)  # overrides the tokenizer's
+    # Generation defaults: {"max_tokens", "temperature", "top_p", "top_k", "stop", "repetition_penalty"}
+    generation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    input_price: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)  # USD per 1M tokens
+    output_price: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    description: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    meta: Mapped[dict[str, Any]] = mapped_column(
+        JSON, default=dict, nullable=False
+    )  # e.g. the job that made it
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
