@@ -525,5 +525,96 @@ def aliases_delete(ctx: click.Context, name: str, reason: str | None, by: str | 
     click.echo(f"deleted {name}")
 
 
+# local models
+
+
+@main.group("local-models")
+def local_models() -> None:
+    """Models that `local/<name>` runs in-process: a Hugging Face causal LM, optionally with a LoRA adapter."""
+
+
+def _lm_json(m: Any) -> dict[str, Any]:
+    return {k: getattr(m, k) for k in m.__dataclass_fields__}
+
+
+@local_models.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def lm_list(ctx: click.Context, as_json: bool) -> None:
+    """Registered models and those named in OPENTRACY_LOCAL_MODELS."""
+    items = _client(ctx).list_local_models()
+    if as_json:
+        click.echo(json.dumps([_lm_json(m) for m in items], indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(_id_col("model"), "base model", "adapter", "$ in/out per 1M", "source")
+    for m in items:
+        t.add_row(m.model, m.base_model, m.adapter or "", f"{m.input_price:g} / {m.output_price:g}", m.source)
+    _console().print(t)
+
+
+@local_models.command("show")
+@click.argument("name")
+@click.pass_context
+def lm_show(ctx: click.Context, name: str) -> None:
+    """One model, by name or id (m_…), as JSON."""
+    click.echo(json.dumps(_lm_json(_client(ctx).get_local_model(name)), indent=2))
+
+
+@local_models.command("register")
+@click.argument("name")
+@click.argument("base_model")
+@click.option("--adapter", default=None, help="A LoRA adapter folder saved by peft.")
+@click.option("--chat-template-file", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option(
+    "--generation", default=None, help='Defaults as JSON, e.g. \'{"temperature": 0, "max_tokens": 256}\'.'
+)
+@click.option("--input-price", type=float, default=0.0, show_default=True, help="USD per million tokens.")
+@click.option("--output-price", type=float, default=0.0, show_default=True, help="USD per million tokens.")
+@click.option("--description", default="")
+@click.pass_context
+def lm_register(
+    ctx: click.Context,
+    name: str,
+    base_model: str,
+    adapter: str | None,
+    chat_template_file: str | None,
+    generation: str | None,
+    input_price: float,
+    output_price: float,
+    description: str,
+) -> None:
+    """Make local/NAME run BASE_MODEL (a model folder on the server's machine)."""
+    try:
+        gen = json.loads(generation) if generation else None
+    except ValueError as e:
+        fail(f"--generation is not valid JSON: {e}")
+    template = None
+    if chat_template_file:
+        with open(chat_template_file, encoding="utf-8") as f:
+            template = f.read()
+    m = _client(ctx).register_local_model(
+        name,
+        base_model,
+        adapter=adapter,
+        chat_template=template,
+        generation=gen,
+        input_price=input_price,
+        output_price=output_price,
+        description=description,
+    )
+    click.echo(f"{m.model} → {m.base_model}{f' + {m.adapter}' if m.adapter else ''}  ({m.id})")
+
+
+@local_models.command("delete")
+@click.argument("name")
+@click.pass_context
+def lm_delete(ctx: click.Context, name: str) -> None:
+    """Forget a registered model (its files stay where they are)."""
+    _client(ctx).delete_local_model(name)
+    click.echo(f"deleted local/{name}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

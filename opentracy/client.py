@@ -193,6 +193,33 @@ class Alias:
         )
 
 
+@dataclass(frozen=True)
+class LocalModelInfo:
+    """A model `local/<name>` runs in-process: `source` is "catalog" (registered) or "config"
+    (OPENTRACY_LOCAL_MODELS); prices are USD per million tokens."""
+
+    name: str
+    base_model: str
+    adapter: str | None
+    source: str
+    id: str | None = None
+    generation: dict[str, Any] | None = None
+    chat_template: str | None = None
+    input_price: float = 0.0
+    output_price: float = 0.0
+    description: str = ""
+    meta: dict[str, Any] | None = None
+    created_at: str | None = None
+
+    @property
+    def model(self) -> str:
+        return f"local/{self.name}"
+
+    @classmethod
+    def _from(cls, d: dict[str, Any]) -> LocalModelInfo:
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})
+
+
 class _ReadCounter:
     """A file wrapper that reports how much has been read (for the upload progress bar)."""
 
@@ -578,6 +605,43 @@ class Distiller:
     def alias_history(self, name: str) -> list[dict[str, Any]]:
         """Every change of the name, oldest first (kept after the alias is deleted)."""
         return self._json("GET", f"/v1/aliases/{name}/history")["items"]
+
+    # -- local models ------------------------------------------------------------------------------
+    def register_local_model(
+        self,
+        name: str,
+        base_model: str,
+        *,
+        adapter: str | None = None,
+        chat_template: str | None = None,
+        generation: dict[str, Any] | None = None,
+        input_price: float = 0.0,
+        output_price: float = 0.0,
+        description: str = "",
+        meta: dict[str, Any] | None = None,
+    ) -> LocalModelInfo:
+        """Make `local/<name>` run a Hugging Face model (a path on the server) with an optional LoRA adapter."""
+        body = {
+            "name": name,
+            "base_model": base_model,
+            "adapter": adapter,
+            "chat_template": chat_template,
+            "generation": generation,
+            "input_price": input_price,
+            "output_price": output_price,
+            "description": description,
+            "meta": meta,
+        }
+        return LocalModelInfo._from(self._json("POST", "/v1/local-models", json=body))
+
+    def get_local_model(self, name: str) -> LocalModelInfo:
+        return LocalModelInfo._from(self._json("GET", f"/v1/local-models/{name}"))
+
+    def list_local_models(self) -> list[LocalModelInfo]:
+        return [LocalModelInfo._from(d) for d in self._json("GET", "/v1/local-models")["items"]]
+
+    def delete_local_model(self, name: str) -> None:
+        self._request("DELETE", f"/v1/local-models/{name}")
 
 
 _FILE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".parquet", ".pq", ".arrow")

@@ -328,3 +328,59 @@ def test_the_config_variable_is_checked():
         parse_config({"x": {"base_model": "a/b", "lora": "y"}})
     with pytest.raises(InvalidInput, match=r"\['x'\].generation.temperature"):
         parse_config({"x": {"base_model": "a/b", "generation": {"temperature": "hot"}}})
+
+
+# --- API, client and CLI --------------------------------------------------------------------------------
+
+
+def test_the_client_registers_lists_and_deletes(client, tiny):
+    m = client.register_local_model(
+        "student",
+        str(tiny["base"]),
+        adapter=str(tiny["lora"]),
+        generation={"temperature": 0},
+        output_price=1.5,
+    )
+    assert m.id.startswith("m_") and m.model == "local/student" and m.output_price == 1.5
+    assert client.get_local_model(m.id) == m == client.get_local_model("student")
+    assert [x.name for x in client.list_local_models()] == ["student"]
+    with pytest.raises(Conflict):
+        client.register_local_model("student", str(tiny["base"]))
+    with pytest.raises(InvalidInput, match="does not exist"):
+        client.register_local_model("other", "/no/such/folder")
+    client.delete_local_model("student")
+    assert client.list_local_models() == []
+
+
+def test_the_cli_registers_lists_and_deletes(server, tiny):
+    from click.testing import CliRunner
+
+    from opentracy.cli import main
+
+    def run(*args: str):
+        return CliRunner().invoke(
+            main, ["--url", server.url, "local-models", *args], env={"OPENTRACY_API_KEY": None}
+        )
+
+    r = run(
+        "register",
+        "cli-student",
+        str(tiny["base"]),
+        "--generation",
+        '{"max_tokens": 9}',
+        "--input-price",
+        "2",
+    )
+    assert r.exit_code == 0, r.output
+    assert "local/cli-student" in r.output
+    r = run("list", "--json")
+    assert r.exit_code == 0
+    import json
+
+    [item] = json.loads(r.output)
+    assert item["generation"] == {"max_tokens": 9} and item["input_price"] == 2.0
+    r = run("register", "x", str(tiny["base"]), "--generation", "{bad")
+    assert r.exit_code != 0 and "not valid JSON" in r.output
+    assert run("delete", "cli-student").exit_code == 0
+    r = run("show", "cli-student")
+    assert r.exit_code != 0 and "no local model" in r.output
