@@ -17,69 +17,22 @@ from opentracy.llm.local_models import ENV_VAR, LocalModelService, parse_config
 from opentracy.llm.pricing import Pricing
 
 MSG = [{"role": "system", "content": "You help with cards."}, {"role": "user", "content": "where is my card"}]
-SENTENCES = [
-    "where is my card",
-    "the card was shipped yesterday",
-    "please reset my password",
-    "my invoice is wrong",
-    "thank you for your help",
-    "the refund arrived today",
-    "you help with cards and invoices",
-]
-TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 2-layer Llama with random weights and a 300-token BPE tokenizer; a copy whose tokenizer has a chat
     template; a LoRA adapter with random (non-zero) weights, and one as peft initialises it (B = 0)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from opentracy.testing.tiny_lm import SIMPLE_TEMPLATE, lora_adapter, tiny_causal_lm
 
     root = tmp_path_factory.mktemp("tiny-lm")
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(SENTENCES * 4, trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
-    )
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    paths = {k: root / k for k in ("base", "chat", "lora", "lora_zero")}
-    model.save_pretrained(paths["base"])
-    tok.save_pretrained(paths["base"])
-    model.save_pretrained(paths["chat"])
-    tok.chat_template = TEMPLATE
-    tok.save_pretrained(paths["chat"])
-    for name, init in (("lora", False), ("lora_zero", True)):
-        base = LlamaForCausalLM.from_pretrained(paths["base"])
-        lora = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=init)
-        torch.manual_seed(1)
-        get_peft_model(base, lora).save_pretrained(paths[name])
-    return paths
+    base = tiny_causal_lm(root / "base")
+    return {
+        "base": base,
+        "chat": tiny_causal_lm(root / "chat", chat_template=SIMPLE_TEMPLATE),
+        "lora": lora_adapter(base, root / "lora"),
+        "lora_zero": lora_adapter(base, root / "lora_zero", zero=True),
+    }
 
 
 def local_gateway(models: dict, **kw) -> Gateway:

@@ -9,7 +9,8 @@
 
 Endpoints: `POST /v1/chat/completions` (with `stream`, `stream_options.include_usage`, `n`, `seed`,
 `response_format` json_schema / json_object, forced `tools`), `POST /v1/embeddings` (`dimensions`,
-`encoding_format`), `GET /v1/models`. With no script every answer is a pure function of the request:
+`encoding_format`), `GET /v1/models`, and Anthropic's `POST /v1/messages` (opentracy.testing.anthropic:
+the same defaults and scripted replies in Anthropic's shapes; point the `anthropic` SDK at `mock.url`). With no script every answer is a pure function of the request:
 a short sentence (different per `seed`, model and choice index), a valid instance of the requested JSON
 schema, and embeddings that are unit vectors hashed from the words of the text. Token counts follow
 `estimate_tokens` / `prompt_tokens` so a test can predict usage and cost.

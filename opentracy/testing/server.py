@@ -444,7 +444,8 @@ async def _send_stream(send: Send, events: list[bytes], delay_ms: int, extra: di
 
 
 class MockLLM:
-    """A real OpenAI-compatible HTTP server on localhost, in a background thread.
+    """A real OpenAI-compatible HTTP server on localhost, in a background thread (it also answers
+    Anthropic's `POST /v1/messages`: `anthropic.Anthropic(base_url=mock.url)`).
 
         with MockLLM(script=None, latency_ms=0) as mock:
             client = openai.OpenAI(base_url=mock.base_url, api_key="x")
