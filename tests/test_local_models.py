@@ -337,3 +337,57 @@ def test_the_cli_registers_lists_and_deletes(server, tiny):
     assert run("delete", "cli-student").exit_code == 0
     r = run("show", "cli-student")
     assert r.exit_code != 0 and "no local model" in r.output
+
+
+def test_seeds_repeat_while_other_models_generate_at_once(gw, tiny):
+    """Sampling uses a generator private to the call: two models generating in two threads at the same time
+    give what each gives alone."""
+    import threading
+
+    other = local_gateway({"tiny-lora": {"base_model": str(tiny["base"]), "adapter": str(tiny["lora"])}})
+    p = {"max_tokens": 40}
+    alone_a = [gw.complete_sync("local/tiny", MSG, sample=i, params=p).content for i in range(3)]
+    alone_b = [other.complete_sync("local/tiny-lora", MSG, sample=i, params=p).content for i in range(3)]
+    got: dict[str, list[str]] = {}
+
+    def run(name: str, g: Gateway, model: str) -> None:
+        got[name] = [g.complete_sync(model, MSG, sample=i, params=p).content for i in range(3)]
+
+    threads = [
+        threading.Thread(target=run, args=("a", gw, "local/tiny")),
+        threading.Thread(target=run, args=("b", other, "local/tiny-lora")),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    other.close()
+    assert got == {"a": alone_a, "b": alone_b}
+
+
+def test_a_local_endpoint_named_in_opentracy_endpoints(tiny):
+    import json
+
+    from opentracy.llm.gateway import load_endpoints
+
+    conf = {"cpu": {"kind": "local", "device": "cpu", "models": {"t": {"base_model": str(tiny["base"])}}}}
+    eps = load_endpoints({"OPENTRACY_ENDPOINTS": json.dumps(conf)})
+    g = Gateway(endpoints=eps)
+    c = g.complete_sync("cpu/t", MSG, params={"max_tokens": 3})
+    g.close()
+    assert 0 < c.output_tokens <= 3 and c.model == "cpu/t"
+
+
+def test_without_the_train_extra_the_error_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from opentracy.llm.providers import local
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        local.importlib.util, "find_spec", lambda n, *a: None if n == "torch" else real(n, *a)
+    )
+    g = local_gateway({"x": {"base_model": "org/model"}})
+    with pytest.raises(InvalidInput, match=r"need torch: pip install 'opentracy\[train\]'"):
+        g.complete_sync("local/x", MSG)
+    g.close()

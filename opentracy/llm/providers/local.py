@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import threading
@@ -45,6 +46,7 @@ from opentracy.llm.providers import Provider
 from opentracy.llm.types import Completion, Endpoint, LLMError, LLMTimeout
 
 DEFAULT_MAX_TOKENS = 256
+INSTALL_HINT = "pip install 'opentracy[train]'"
 MAX_LOADED_VAR = "OPENTRACY_LOCAL_MAX_LOADED"
 # Parameters a local model takes, and those that change nothing here and are dropped.
 _TAKES = {
@@ -157,6 +159,9 @@ class _Request:
 class LocalModels(Provider):
     def __init__(self, endpoint: Endpoint, *, timeout: float) -> None:
         super().__init__(endpoint, timeout=timeout)
+        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise InvalidInput(f"local models need {' and '.join(missing)}: {INSTALL_HINT}")
         reg = endpoint.options.get("registry")
         self.registry: LocalModelService = reg if reg is not None else LocalModelService(None)
         models = endpoint.options.get("models")
@@ -193,9 +198,10 @@ class LocalModels(Provider):
             key = (spec.base_model, spec.adapter, device, dtype)
             loaded = await loop.run_in_executor(_executor, LOADED.get, key)
         except (OSError, ValueError, RuntimeError, ImportError) as e:
+            hint = f" ({INSTALL_HINT})" if isinstance(e, ImportError) else ""
             raise LLMError(
                 f"{where}: cannot load {spec.base_model!r}"
-                f"{f' with adapter {spec.adapter!r}' if spec.adapter else ''}: {type(e).__name__}: {e}",
+                f"{f' with adapter {spec.adapter!r}' if spec.adapter else ''}: {type(e).__name__}: {e}{hint}",
                 model=where,
                 retryable=False,
             ) from None
@@ -322,6 +328,17 @@ def _generate(
     loaded: _Loaded, req: _Request, cancel: threading.Event, deadline: float
 ) -> tuple[str, int, int, str, float | None]:
     import torch
+
+    with loaded.lock, torch.inference_mode():  # one call at a time per model, tokenizer included
+        if cancel.is_set():
+            raise _Stopped()
+        return _generate_locked(loaded, req, cancel, deadline)
+
+
+def _generate_locked(
+    loaded: _Loaded, req: _Request, cancel: threading.Event, deadline: float
+) -> tuple[str, int, int, str, float | None]:
+    import torch
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
     tok = loaded.tokenizer
@@ -344,17 +361,14 @@ def _generate(
         processors.append(_sampler(req.temperature, req.top_p, req.top_k, gen))
     watch = _watch(cancel, deadline, req.stop, tok, n_in)
     streamer = _first_token() if req.stream else None
-    with loaded.lock, torch.inference_mode():
-        if cancel.is_set():
-            raise _Stopped()
-        out = loaded.model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            generation_config=gc,
-            logits_processor=processors,
-            stopping_criteria=StoppingCriteriaList([watch]),
-            streamer=streamer,
-        )
+    out = loaded.model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        generation_config=gc,
+        logits_processor=processors,
+        stopping_criteria=StoppingCriteriaList([watch]),
+        streamer=streamer,
+    )
     if watch.hit:
         raise _Stopped()
     new = out[0, n_in:].tolist()
