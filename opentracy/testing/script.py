@@ -20,13 +20,15 @@ class Reply:
 
     content: the assistant's text (None: the default answer, or a schema instance when the request asks
         for JSON; with status >= 400 it is the error message).
-    status: HTTP status; >= 400 returns OpenAI's error shape {"error": {"message", "type", "code", "param"}}.
+    status: HTTP status; >= 400 returns OpenAI's error shape {"error": {"message", "type", "code", "param"}}
+        (Anthropic's {"type": "error", "error": {"type", "message"}} on `POST /v1/messages`).
     headers: extra response headers, e.g. {"retry-after": "1"} on a 429.
     json: the whole response body, sent as is with `status` (overrides everything but latency and headers).
     latency_ms: delay before answering (None: the server's `latency_ms`).
     hang: never answer, until the client disconnects or the server stops.
     malformed: answer 200 with a body that is not valid JSON (a broken SSE event when streaming).
-    usage: override usage fields (prompt_tokens, completion_tokens; total_tokens is their sum if absent).
+    usage: override usage fields (prompt_tokens, completion_tokens; total_tokens is their sum if absent;
+        on /v1/messages also input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens).
     finish_reason: finish_reason of every choice.
     tool_calls: tool calls of the assistant message, in OpenAI's shape or as {"name", "arguments"}.
     chunk_delay_ms: when streaming, pause between chunks (0: all chunks are written at once).
