@@ -33,6 +33,8 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         eng.start()
         yield
+        if eng._proxy is not None:
+            await eng.proxy.aclose()
         if own:
             eng.close()
 
@@ -79,9 +81,11 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     def health() -> dict:
         return {"status": "ok", "version": opentracy.__version__}
 
-    from opentracy.server.routers import aliases, datasets, jobs
+    from opentracy.server.routers import aliases, datasets, jobs, proxy, traces
 
     app.include_router(datasets.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     app.include_router(jobs.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     app.include_router(aliases.router, prefix="/v1", dependencies=[Depends(check_api_key)])
+    app.include_router(traces.router, prefix="/v1", dependencies=[Depends(check_api_key)])
+    app.include_router(proxy.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     return app
