@@ -97,9 +97,11 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
 
     from opentracy.server.routers import aliases, datasets, jobs, proxy, traces
 
+    # The proxy first: its routes are the hot path, and routes are matched in order. Its key check is the
+    # ApiKeyAuth middleware alone (a per-route dependency costs ~0.3 ms a call).
+    app.include_router(proxy.router, prefix="/v1")
     app.include_router(datasets.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     app.include_router(jobs.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     app.include_router(aliases.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     app.include_router(traces.router, prefix="/v1", dependencies=[Depends(check_api_key)])
-    app.include_router(proxy.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     return app

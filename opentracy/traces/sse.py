@@ -35,7 +35,9 @@ def event_data(ev: bytes) -> bytes | None:
 
 def is_usage_only(ev: bytes) -> bool:
     """The final chunk that `stream_options.include_usage` adds: no choices, a usage object."""
-    if b'"usage"' not in ev:
+    # Cheap byte tests first: with include_usage every chunk carries "usage" (null); only the last one has
+    # an empty choices list.
+    if b'"choices":[]' not in ev and b'"choices": []' not in ev:
         return False
     data = event_data(ev)
     if not data or data == b"[DONE]":
