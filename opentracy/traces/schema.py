@@ -17,6 +17,7 @@ anything is stored (scrub.py).
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -98,9 +99,13 @@ class IngestResult(BaseModel):
     skipped_items: list[dict[str, Any]] = []
 
 
+_PROCESS = os.urandom(3).hex()
+_counter = itertools.count(int.from_bytes(os.urandom(3), "big"))
+
+
 def new_trace_id() -> str:
-    """Time-ordered: 12 hex digits of milliseconds, then 10 random ones."""
-    return f"t_{int(time.time() * 1000):012x}{os.urandom(5).hex()}"
+    """Time-ordered and unique: 12 hex digits of milliseconds, 6 random to this process, 6 of a counter."""
+    return f"t_{int(time.time() * 1000):012x}{_PROCESS}{next(_counter) & 0xFFFFFF:06x}"
 
 
 def _ts(v: datetime | float | None, what: str) -> datetime | None:
