@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint bench-upload bench-gateway bench-providers clean
+.PHONY: serve test lint bench-upload bench-gateway bench-traces bench-providers clean
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ bench-upload: $(STAMP)
 
 bench-gateway: $(STAMP)
 	$(BIN)/python bench/gateway.py
+
+bench-traces: $(STAMP)
+	$(BIN)/python bench/traces.py
 
 bench-providers: $(STAMP)
 	$(BIN)/python bench/providers.py

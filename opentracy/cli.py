@@ -525,6 +525,172 @@ def aliases_delete(ctx: click.Context, name: str, reason: str | None, by: str | 
     click.echo(f"deleted {name}")
 
 
+# ---------------------------------------------------------------------------------------------------
+# traces
+
+
+@main.group()
+def traces() -> None:
+    """LLM calls: list, show, import, export, and add to a dataset."""
+
+
+def _trace_filters(f: Any) -> Any:
+    """Click options shared by list, export and to-dataset."""
+    opts = [
+        click.option("--model", default=None, help="provider/model, as recorded"),
+        click.option("--alias", default=None),
+        click.option("--since", default=None, help="started at or after (ISO 8601)"),
+        click.option("--until", default=None, help="started before (ISO 8601)"),
+        click.option("--tag", "tags", multiple=True, help="holding this tag (repeat: all of them)"),
+        click.option("--where", "wheres", multiple=True, help="metadata FIELD=VALUE (repeat)"),
+        click.option(
+            "--errors/--no-errors", "error", default=None, help="only failed / only successful calls"
+        ),
+        click.option("--finish-reason", default=None),
+        click.option("--user", "user_id", default=None),
+        click.option("--session", "session_id", default=None),
+        click.option("-q", "--query", "q", default=None, help="text in the prompt or the response"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _filters_of(kw: dict[str, Any]) -> dict[str, Any]:
+    where = {}
+    for w in kw.pop("wheres", ()):
+        if "=" not in w:
+            fail(f"--where takes FIELD=VALUE, got {w!r}", 2)
+        k, v = w.split("=", 1)
+        where[k] = v
+    out = {k: v for k, v in kw.items() if v is not None and v != ()}
+    if "tags" in out:
+        out["tags"] = list(out["tags"])
+    if where:
+        out["where"] = where
+    return out
+
+
+@traces.command("list")
+@_trace_filters
+@click.option(
+    "--sort",
+    default="-started_at",
+    show_default=True,
+    help="started_at, latency, cost, tokens (- for descending)",
+)
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSONL traces.")
+@click.pass_context
+def traces_list(ctx: click.Context, sort: str, limit: int, as_json: bool, **kw: Any) -> None:
+    """Traces, newest first, filtered."""
+    items = list(_client(ctx).list_traces(sort=sort, limit=limit, **_filters_of(kw)))
+    if as_json:
+        for t in items:
+            click.echo(json.dumps(t, ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    t = Table(_id_col("trace_id"), "started", "model", "prompt", "response", "tokens", "cost $", "ms")
+    for tr in items:
+        msgs = tr["request"].get("messages") or []
+        last = msgs[-1].get("content") if msgs else ""
+        resp = ((tr.get("response") or {}).get("message") or {}).get("content") or ""
+        if tr.get("error"):
+            resp = f"[red]error: {tr['error']}[/red]"
+        tok = f"{tr.get('input_tokens') or 0}/{tr.get('output_tokens') or 0}"
+        cost = f"{tr['cost_usd']:.6f}" if tr.get("cost_usd") is not None else "?"
+        ms = f"{tr['latency_ms']:.0f}" if tr.get("latency_ms") is not None else ""
+        model = tr["model"] + (f" ({tr['alias']})" if tr.get("alias") else "")
+        t.add_row(
+            tr["trace_id"],
+            tr["started_at"][:19],
+            model,
+            _clip(str(last), 40),
+            _clip(str(resp), 30),
+            tok,
+            cost,
+            ms,
+        )
+    _console().print(t)
+
+
+@traces.command("show")
+@click.argument("trace_id")
+@click.pass_context
+def traces_show(ctx: click.Context, trace_id: str) -> None:
+    """One trace, whole, as JSON."""
+    click.echo(json.dumps(_client(ctx).get_trace(trace_id), indent=2, ensure_ascii=False))
+
+
+@traces.command("import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "opentracy", "openai", "otel"]),
+    default="auto",
+    show_default=True,
+)
+@click.option("--skip-bad", is_flag=True, help="Skip bad lines (and list them) instead of failing.")
+@click.option("--no-wait", is_flag=True, help="Print the job id and return at once.")
+@click.pass_context
+def traces_import(ctx: click.Context, path: str, fmt: str, skip_bad: bool, no_wait: bool) -> None:
+    """Import PATH: our JSONL, OpenAI request/response or Batch API logs, or OpenTelemetry GenAI spans
+    (OTLP JSON). All or nothing unless --skip-bad."""
+    got = _client(ctx).import_traces(
+        path, format=fmt, on_error="skip" if skip_bad else "raise", wait=not no_wait, progress=True
+    )
+    if no_wait:
+        click.echo(got.id)
+        return
+    click.echo(
+        f"imported {got['inserted']:,} traces from {got['file']}"
+        + (f"  ({got['duplicates']:,} already stored)" if got.get("duplicates") else "")
+        + (f"  ({got['ignored']:,} lines/spans that are not LLM calls)" if got.get("ignored") else "")
+    )
+    for item in got.get("skipped_items") or []:
+        click.echo(f"skipped line {item['line']}: {item['error']}", err=True)
+
+
+@traces.command("export")
+@click.argument("path")
+@_trace_filters
+@click.pass_context
+def traces_export(ctx: click.Context, path: str, **kw: Any) -> None:
+    """Write the matching traces to PATH as JSONL (readable by `opentracy traces import`)."""
+    dest = _client(ctx).export_traces(path, **_filters_of(kw))
+    n = sum(1 for _ in open(dest, "rb"))
+    click.echo(f"wrote {n:,} traces to {dest}")
+
+
+@traces.command("to-dataset")
+@click.argument("dataset")
+@click.option("--id", "ids", multiple=True, help="a trace id (repeat); otherwise the filters choose")
+@_trace_filters
+@click.option("--limit", default=None, type=int, help="at most this many traces")
+@click.option("--no-create", is_flag=True, help="fail if the dataset does not exist")
+@click.pass_context
+def traces_to_dataset(
+    ctx: click.Context, dataset: str, ids: tuple[str, ...], limit: int | None, no_create: bool, **kw: Any
+) -> None:
+    """Add traces to DATASET's active version (each row keeps metadata.source_trace_id)."""
+    f = _filters_of(kw)
+    if not ids and not f:
+        fail("say which traces: --id, or at least one filter (e.g. --model, --tag, -q)", 2)
+    r = _client(ctx).traces_to_dataset(
+        dataset, trace_ids=list(ids) or None, create=not no_create, limit=limit, **f
+    )
+    click.echo(f"added {r['added']:,} rows to {r['version']} ({r['matched']:,} traces matched)")
+    for k, what in (
+        ("already_present", "already in the dataset"),
+        ("skipped_errors", "failed calls"),
+        ("skipped_no_text", "answers without text"),
+    ):
+        if r.get(k):
+            click.echo(f"  left out {r[k]:,} {what}", err=True)
+
+
 # local models
 
 

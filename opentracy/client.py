@@ -606,6 +606,159 @@ class Distiller:
         """Every change of the name, oldest first (kept after the alias is deleted)."""
         return self._json("GET", f"/v1/aliases/{name}/history")["items"]
 
+    # -- traces ------------------------------------------------------------------------------------
+    def log_traces(
+        self, traces: dict[str, Any] | list[dict[str, Any]], *, on_error: str = "raise"
+    ) -> dict[str, Any]:
+        """Store one trace or a list of them (schema: model, messages or request, response, usage, tags,
+        metadata…). Returns {"inserted", "duplicates", "trace_ids", "skipped", ...}."""
+        body = traces if isinstance(traces, list) else [traces]
+        return self._json("POST", "/v1/traces", json=body, params={"on_error": on_error})
+
+    def get_trace(self, trace_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/traces/{trace_id}")
+
+    def list_traces(
+        self,
+        *,
+        model: str | None = None,
+        provider: str | None = None,
+        alias: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        tags: list[str] | None = None,
+        where: dict[str, str] | None = None,
+        error: bool | None = None,
+        finish_reason: str | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        source: str | None = None,
+        q: str | None = None,
+        sort: str = "-started_at",
+        limit: int | None = None,
+        page_size: int = 200,
+    ) -> Iterator[dict[str, Any]]:
+        """Traces matching every filter given, newest first by default (`sort`: started_at, latency, cost,
+        tokens; prefix - for descending), fetched a page at a time; `limit` stops early."""
+        params = _trace_params(
+            model=model, provider=provider, alias=alias, since=since, until=until, tags=tags, where=where,
+            error=error, finish_reason=finish_reason, user_id=user_id, session_id=session_id, source=source, q=q,
+        )  # fmt: skip
+        params["sort"] = sort
+        cursor, n = None, 0
+        while True:
+            size = page_size if limit is None else max(1, min(page_size, limit - n))
+            page = self._json(
+                "GET",
+                "/v1/traces",
+                params={**params, "limit": size, **({"cursor": cursor} if cursor else {})},
+            )
+            for t in page["items"]:
+                yield t
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def count_traces(self, **filters: Any) -> int:
+        return self._json("GET", "/v1/traces/count", params=_trace_params(**filters))["count"]
+
+    def import_traces(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        format: str = "auto",
+        on_error: str = "raise",
+        wait: bool = True,
+        progress: bool | None = None,
+    ) -> dict[str, Any] | Job:
+        """Import a file of traces (our JSONL, OpenAI request/response or Batch API logs, OpenTelemetry
+        GenAI spans as OTLP JSON). All or nothing unless on_error="skip". Returns the import result, or the
+        job with wait=False."""
+        p = Path(path)
+        if not p.is_file():
+            raise errors.InvalidInput("no such file", file=str(path))
+        with self._progress_bar(progress) as bar, open(p, "rb") as f:
+            task = bar.add_task(f"sending {p.name}", total=p.stat().st_size, note="")
+            counted = _ReadCounter(f, lambda n: bar.advance(task, n))
+            resp = self._request(
+                "POST",
+                "/v1/traces/import",
+                files={"file": (p.name, counted, "application/octet-stream")},
+                data={"format": format, "on_error": on_error},
+                timeout=httpx.Timeout(None, connect=10.0),
+            )
+        job = self._job(resp.json())
+        if not wait:
+            return job
+        return self.wait_job(job.id, progress=progress).result or {}
+
+    def export_traces(self, path: str | os.PathLike[str], **filters: Any) -> Path:
+        """Write the matching traces, oldest first, as JSONL that `import_traces` reads back."""
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            with self._http.stream("GET", "/v1/traces/export", params=_trace_params(**filters)) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    _raise_for(r)
+                with open(tmp, "wb") as f:
+                    for chunk in r.iter_bytes(1 << 20):
+                        f.write(chunk)
+            os.replace(tmp, dest)
+        except httpx.ConnectError:
+            raise ServerUnreachable(f"cannot reach the opentracy server at {self.base_url}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest
+
+    def traces_to_dataset(
+        self,
+        dataset: str,
+        *,
+        trace_ids: list[str] | None = None,
+        create: bool = True,
+        limit: int | None = None,
+        **filters: Any,
+    ) -> dict[str, Any]:
+        """Append traces — by ids, or every trace matching the filters (model=, tags=, where=, q=, since=…)
+        — to the dataset's active version (creating the dataset if needed). Each row keeps
+        metadata.source_trace_id."""
+        body: dict[str, Any] = {"dataset": dataset, "create": create, "limit": limit}
+        if trace_ids is not None:
+            body["trace_ids"] = list(trace_ids)
+        if filters or trace_ids is None:
+            f = dict(filters)
+            if "where" in f:
+                f["meta"] = f.pop("where") or {}
+            for k in ("since", "until"):
+                if f.get(k) is not None and not isinstance(f[k], str):
+                    f[k] = f[k].isoformat()
+            body["filter"] = f
+        return self._json("POST", "/v1/traces/to-dataset", json=body)
+
+
+def _trace_params(**f: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for k, v in f.items():
+        if v is None:
+            continue
+        if k == "tags":
+            params["tag"] = list(v)
+        elif k == "where":
+            for mk, mv in v.items():
+                params[f"meta.{mk}"] = mv
+        elif k in ("since", "until") and not isinstance(v, str):
+            params[k] = v.isoformat()
+        elif isinstance(v, bool):
+            params[k] = "true" if v else "false"
+        else:
+            params[k] = v
+    return params
+
     # -- local models ------------------------------------------------------------------------------
     def register_local_model(
         self,

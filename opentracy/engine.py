@@ -17,9 +17,13 @@ from opentracy.llm.local_models import LocalModelService
 from opentracy.llm.pricing import Pricing
 from opentracy.store.artifacts import ArtifactStore
 from opentracy.store.catalog import Catalog
+from opentracy.traces import jobs as trace_jobs
+from opentracy.traces.service import TraceService
+from opentracy.traces.writer import TraceWriter
 
 if TYPE_CHECKING:
     from opentracy.llm.gateway import Gateway
+    from opentracy.traces.proxy import RecordingProxy
 
 
 class Engine:
@@ -39,6 +43,11 @@ class Engine:
         self.pricing = Pricing()  # the genai-prices table loads on the first cost asked, not here
         self.local_models = LocalModelService(self.catalog)  # what `local/<name>` runs
         self._gateway: Gateway | None = None
+        self.traces = TraceService(self.catalog, self.pricing)
+        # Traces recorded on hot paths (the proxy, the gateway) are written in batches off those paths.
+        self.trace_writer = TraceWriter(self.traces.insert_rows)
+        self._proxy: RecordingProxy | None = None
+        trace_jobs.register(self.jobs, self.traces, self.settings.staging_dir)
         self._started = False
 
     @property
@@ -53,9 +62,29 @@ class Engine:
                 aliases=self.aliases,
                 cache=self.llm_cache,
                 pricing=self.pricing,
+                recorder=self._record_call,
                 endpoints=with_registry(load_endpoints(), self.local_models),
             )
         return self._gateway
+
+    def _record_call(self, facts: dict) -> None:
+        """The gateway's recorder: a call that is not internal becomes a trace (written off the call's path)."""
+        import msgspec
+
+        from opentracy.traces.schema import TraceIn, to_row
+
+        self.trace_writer.put(lambda: to_row(msgspec.convert(facts, TraceIn), source="gateway"))
+
+    @property
+    def proxy(self) -> RecordingProxy:
+        """The OpenAI-compatible recording proxy behind POST /v1/chat/completions."""
+        if self._proxy is None:
+            from opentracy.traces.proxy import RecordingProxy
+
+            self._proxy = RecordingProxy(
+                self.gateway, self.trace_writer, pricing=self.pricing, server_api_key=self.settings.api_key
+            )
+        return self._proxy
 
     def start(self) -> Engine:
         """Resume or fail the jobs a previous process left behind."""
@@ -69,6 +98,7 @@ class Engine:
         self.jobs.shutdown(wait=True)
         if self._gateway is not None:
             self._gateway.close()
+        self.trace_writer.close()  # every trace still queued is written before the catalog closes
         self.catalog.dispose()
 
     def __enter__(self) -> Engine:

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+log = logging.getLogger("opentracy.llm")
 
 # Parameters the gateway understands itself and does not forward.
 _RESERVED = {"model", "messages", "stream", "n"}
@@ -213,6 +215,7 @@ class Gateway:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         cache_external: bool = False,
+        recorder: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.aliases = aliases
         self.cache = cache
@@ -223,6 +226,8 @@ class Gateway:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.cache_external = cache_external  # cache calls that are not internal too
+        # Called with the facts of every call that is not internal (a trace to record; see engine.py).
+        self.recorder = recorder
         self._states: dict[int, _LoopState] = {}
         self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._sync_thread: threading.Thread | None = None
@@ -294,9 +299,11 @@ class Gateway:
         timeout: float | None = None,
         stream: bool = False,
         max_retries: int | None = None,
+        record: bool = True,
     ) -> Completion:
         """One chat completion. `sample` distinguishes the N answers to the same request (it becomes the
-        request's `seed` unless you set one, and is part of the cache key)."""
+        request's `seed` unless you set one, and is part of the cache key). Calls that are not `internal`
+        become traces (when the gateway has a recorder), unless `record=False`."""
         resolved, alias = self.resolve(model)
         provider, name = split_model(resolved)
         ep = self._endpoint(provider)
@@ -316,8 +323,9 @@ class Gateway:
                 if response_model is not None:
                     c.parsed = _parse(response_model, c.content, resolved)
                 return c
+        rec = record and not internal and self.recorder is not None
         c = await self._call(
-            ep, resolved, name, alias, msgs, p, sample, internal, timeout, stream, max_retries
+            ep, resolved, name, alias, msgs, p, sample, internal, timeout, stream, max_retries, rec
         )
         if response_model is not None:
             try:
@@ -333,7 +341,7 @@ class Gateway:
                     },
                 ]
                 c2 = await self._call(
-                    ep, resolved, name, alias, repair, p, sample, internal, timeout, stream, max_retries
+                    ep, resolved, name, alias, repair, p, sample, internal, timeout, stream, max_retries, rec
                 )
                 c2.input_tokens += c.input_tokens
                 c2.output_tokens += c.output_tokens
@@ -366,8 +374,10 @@ class Gateway:
         timeout: float | None,
         stream: bool,
         max_retries: int | None,
+        rec: bool = False,
     ) -> Completion:
         st = self._state()
+        started = time.time()
         prov = self._provider(st, ep)
         retries = self.max_retries if max_retries is None else max_retries
         attempt = 0
@@ -390,8 +400,12 @@ class Gateway:
                         attempt,
                     )
                     c.cost_usd = self._price(resolved, c)
+                    if rec:
+                        self._record(c, msgs, p, started, stream=stream)
                     return c
             if not err.retryable or attempt > retries:
+                if rec:
+                    self._record_error(err, resolved, alias, msgs, p, started)
                 raise err
             wait = err.retry_after
             if wait is None:
@@ -400,6 +414,53 @@ class Gateway:
                     0.5, 1.5
                 )
             await asyncio.sleep(min(wait, self.backoff_max))
+
+    def _record(
+        self, c: Completion, msgs: list[dict[str, Any]], p: dict[str, Any], started: float, *, stream: bool
+    ) -> None:
+        try:
+            self.recorder(  # type: ignore[misc]
+                {
+                    "model": c.model,
+                    "alias": c.alias,
+                    "request": {"messages": msgs, **p, **({"stream": True} if stream else {})},
+                    "response": {"message": c.message or {"role": "assistant", "content": c.content}},
+                    "finish_reason": c.finish_reason,
+                    "input_tokens": c.input_tokens,
+                    "output_tokens": c.output_tokens,
+                    "cost_usd": c.cost_usd,
+                    "started_at": started,
+                    "latency_ms": c.latency_s * 1000,
+                    "ttft_ms": c.ttft_s * 1000 if c.ttft_s is not None else None,
+                    "metadata": {"attempts": c.attempts} if c.attempts > 1 else {},
+                }
+            )
+        except Exception:  # recording must never break a call
+            log.exception("could not record the call as a trace")
+
+    def _record_error(
+        self,
+        err: LLMError,
+        resolved: str,
+        alias: str | None,
+        msgs: list[dict[str, Any]],
+        p: dict[str, Any],
+        started: float,
+    ) -> None:
+        try:
+            self.recorder(  # type: ignore[misc]
+                {
+                    "model": resolved,
+                    "alias": alias,
+                    "request": {"messages": msgs, **p},
+                    "error": err.message,
+                    "status_code": err.status,
+                    "started_at": started,
+                    "latency_ms": (time.time() - started) * 1000,
+                }
+            )
+        except Exception:
+            log.exception("could not record the failed call as a trace")
 
     async def complete_many(
         self, requests: Sequence[dict[str, Any]], *, return_exceptions: bool = True

@@ -9,12 +9,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import opentracy
 from opentracy.config import Settings
 from opentracy.engine import Engine
 from opentracy.errors import OpentracyError, Unauthorized
-from opentracy.server.deps import check_api_key
+from opentracy.server.deps import check_api_key, check_api_key_for
 
 
 def error_body(code: str, message: str, details: dict | None = None) -> dict:
@@ -22,6 +23,28 @@ def error_body(code: str, message: str, details: dict | None = None) -> dict:
     if details:
         err["details"] = details
     return {"error": err}
+
+
+class ApiKeyAuth:
+    """Every request but /health needs `Authorization: Bearer <OPENTRACY_API_KEY>` when a key is set. Plain
+    ASGI (not BaseHTTPMiddleware), so streamed answers of the proxy pass through untouched and cheaply."""
+
+    def __init__(self, app: ASGIApp, engine: Engine) -> None:
+        self.app = app
+        self.engine = engine
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.engine.settings.api_key and scope["path"] != "/health":
+            request = Request(scope)
+            try:
+                check_api_key_for(request, self.engine)
+            except Unauthorized as e:
+                resp = JSONResponse(
+                    error_body(e.code, e.message), status_code=401, headers={"WWW-Authenticate": "Bearer"}
+                )
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(engine: Engine | None = None, settings: Settings | None = None) -> FastAPI:
@@ -33,6 +56,8 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         eng.start()
         yield
+        if eng._proxy is not None:
+            await eng.proxy.aclose()
         if own:
             eng.close()
 
@@ -44,16 +69,7 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     )
     app.state.engine = eng
 
-    @app.middleware("http")
-    async def auth(request: Request, call_next):  # type: ignore[no-untyped-def]
-        if request.url.path != "/health":
-            try:
-                check_api_key(request)
-            except Unauthorized as e:
-                return JSONResponse(
-                    error_body(e.code, e.message), status_code=401, headers={"WWW-Authenticate": "Bearer"}
-                )
-        return await call_next(request)
+    app.add_middleware(ApiKeyAuth, engine=eng)
 
     @app.exception_handler(OpentracyError)
     async def domain_error(_: Request, e: OpentracyError) -> JSONResponse:
@@ -79,11 +95,15 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     def health() -> dict:
         return {"status": "ok", "version": opentracy.__version__}
 
-    from opentracy.server.routers import aliases, datasets, jobs
+    from opentracy.server.routers import aliases, datasets, jobs, proxy, traces
 
+    # The proxy first: its routes are the hot path, and routes are matched in order. Its key check is the
+    # ApiKeyAuth middleware alone (a per-route dependency costs ~0.3 ms a call).
+    app.include_router(proxy.router, prefix="/v1")
     app.include_router(datasets.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     app.include_router(jobs.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     app.include_router(aliases.router, prefix="/v1", dependencies=[Depends(check_api_key)])
+    app.include_router(traces.router, prefix="/v1", dependencies=[Depends(check_api_key)])
 
     from opentracy.server.routers import local_models
 

@@ -15,7 +15,11 @@ def get_engine(request: Request) -> Engine:
 
 
 def check_api_key(request: Request) -> None:
-    key = request.app.state.engine.settings.api_key
+    check_api_key_for(request, request.app.state.engine)
+
+
+def check_api_key_for(request: Request, engine: Engine) -> None:
+    key = engine.settings.api_key
     if not key:
         return
     auth = request.headers.get("authorization", "")

@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -125,6 +137,84 @@ class LLMCacheRecord(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
     hits: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+
+
+class TraceRecord(Base):
+    """One LLM call. `request`/`response` hold msgspec-encoded JSON text (never a secret: see
+    opentracy/traces/scrub.py); `prompt_text`/`response_text` are their plain text, for search."""
+
+    __tablename__ = "traces"
+    # Columns that are mostly empty get partial indexes (only the rows that have a value are indexed), so
+    # ingest does not pay for indexing NULLs; failed calls are indexed apart, by time.
+    __table_args__ = (
+        Index("ix_traces_started", "started_at", "id"),
+        Index("ix_traces_model", "model", "started_at"),
+        Index(
+            "ix_traces_alias",
+            "alias",
+            "started_at",
+            sqlite_where=text("alias IS NOT NULL"),
+            postgresql_where=text("alias IS NOT NULL"),
+        ),
+        Index(
+            "ix_traces_user",
+            "user_id",
+            "started_at",
+            sqlite_where=text("user_id IS NOT NULL"),
+            postgresql_where=text("user_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_traces_session",
+            "session_id",
+            "started_at",
+            sqlite_where=text("session_id IS NOT NULL"),
+            postgresql_where=text("session_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_traces_errors",
+            "started_at",
+            sqlite_where=text("is_error = 1"),
+            postgresql_where=text("is_error = true"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    model: Mapped[str] = mapped_column(String(400), nullable=False)
+    provider: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    alias: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request: Mapped[str] = mapped_column(Text, nullable=False)
+    response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    prompt_text: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    response_text: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    finish_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    is_error: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    input_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    user_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    session_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list, nullable=False)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict, nullable=False)
+    source: Mapped[str] = mapped_column(
+        String(20), default="api", nullable=False
+    )  # api | proxy | import | gateway
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+class TraceTagRecord(Base):
+    """(tag, trace) pairs, so that a tag filter is an index lookup on SQLite and PostgreSQL alike."""
+
+    __tablename__ = "trace_tags"
+    __table_args__ = (Index("ix_trace_tags_tag", "tag", "trace_id"),)
+
+    trace_id: Mapped[str] = mapped_column(ForeignKey("traces.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(200), primary_key=True)
 
 
 # --- local models (opentracy.llm.local_models) -----------------------------------------------------

@@ -1,14 +1,14 @@
 """Local models: the registry of in-process `local/<name>` models (base model, LoRA adapter, defaults, price).
 
-Revision ID: 0003_local_models
-Revises: 0002
+Revision ID: 0004_local_models
+Revises: 0003 (traces)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_local_models"
-down_revision = "0002"
+revision = "0004_local_models"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
