@@ -740,25 +740,6 @@ class Distiller:
             body["filter"] = f
         return self._json("POST", "/v1/traces/to-dataset", json=body)
 
-
-def _trace_params(**f: Any) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for k, v in f.items():
-        if v is None:
-            continue
-        if k == "tags":
-            params["tag"] = list(v)
-        elif k == "where":
-            for mk, mv in v.items():
-                params[f"meta.{mk}"] = mv
-        elif k in ("since", "until") and not isinstance(v, str):
-            params[k] = v.isoformat()
-        elif isinstance(v, bool):
-            params[k] = "true" if v else "false"
-        else:
-            params[k] = v
-    return params
-
     # -- local models ------------------------------------------------------------------------------
     def register_local_model(
         self,
@@ -795,6 +776,25 @@ def _trace_params(**f: Any) -> dict[str, Any]:
 
     def delete_local_model(self, name: str) -> None:
         self._request("DELETE", f"/v1/local-models/{name}")
+
+
+def _trace_params(**f: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for k, v in f.items():
+        if v is None:
+            continue
+        if k == "tags":
+            params["tag"] = list(v)
+        elif k == "where":
+            for mk, mv in v.items():
+                params[f"meta.{mk}"] = mv
+        elif k in ("since", "until") and not isinstance(v, str):
+            params[k] = v.isoformat()
+        elif isinstance(v, bool):
+            params[k] = "true" if v else "false"
+        else:
+            params[k] = v
+    return params
 
 
 _FILE_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".parquet", ".pq", ".arrow")
