@@ -38,6 +38,11 @@ class Engine:
         self.pricing = Pricing()  # the genai-prices table loads on the first cost asked, not here
         self._gateway: Gateway | None = None
         self._started = False
+        # Curation (judge, filter, review) of stored datasets: jobs, runs and the review queue.
+        from opentracy.distillation.curation.service import CurationService
+
+        self.curation = CurationService(self.catalog, self.datasets, self.artifacts, self.jobs, lambda: self.gateway)
+        self.review = self.curation.review
 
     @property
     def gateway(self) -> Gateway:
