@@ -41,7 +41,9 @@ class Engine:
         # Curation (judge, filter, review) of stored datasets: jobs, runs and the review queue.
         from opentracy.distillation.curation.service import CurationService
 
-        self.curation = CurationService(self.catalog, self.datasets, self.artifacts, self.jobs, lambda: self.gateway)
+        self.curation = CurationService(
+            self.catalog, self.datasets, self.artifacts, self.jobs, lambda: self.gateway
+        )
         self.review = self.curation.review
 
     @property

@@ -169,7 +169,9 @@ class ReviewItemRecord(Base):
     score: Mapped[float | None] = mapped_column(Float, nullable=True)
     threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     original: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)  # the row as queued
-    edited: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # prompt/response after an edit
+    edited: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON, nullable=True
+    )  # prompt/response after an edit
     reviewer: Mapped[str | None] = mapped_column(String(200), nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)

@@ -211,7 +211,11 @@ def _compare(get: Callable[[Any], Any], op: str, value: Any, p: _Parser) -> Pred
             isinstance(v, str) and isinstance(value, str) and value in v
         )
     if op in ("==", "!="):
-        eq = lambda r: (None if (v := get(r)) is _MISSING else v) == value
+
+        def eq(r: Any) -> bool:
+            v = get(r)
+            return (None if v is _MISSING else v) == value
+
         return eq if op == "==" else (lambda r: not eq(r))
     if op in ("<", "<=", ">", ">="):
         if not (_num(value) or isinstance(value, str)):

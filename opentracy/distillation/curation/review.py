@@ -253,7 +253,7 @@ class ReviewService:
         self, name: str, version_id: str, number: int, pending: str | None, *, trigger: str
     ) -> dict[str, Any]:
         with self.catalog.session() as s:
-            ds = self._ds(s, name)
+            self._ds(s, name)
             recs = s.scalars(select(ReviewItemRecord).where(ReviewItemRecord.version_id == version_id)).all()
             if not recs:
                 return {"items": 0}

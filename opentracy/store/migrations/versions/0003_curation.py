@@ -19,7 +19,9 @@ def upgrade() -> None:
     op.create_table(
         "curation_runs",
         sa.Column("id", sa.String(40), primary_key=True),
-        sa.Column("dataset_id", sa.String(40), sa.ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "dataset_id", sa.String(40), sa.ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("source_version_id", sa.String(80), nullable=False),
         sa.Column("output_version_id", sa.String(80), nullable=False),
         sa.Column("job_id", sa.String(40), nullable=True),
@@ -33,7 +35,9 @@ def upgrade() -> None:
     op.create_table(
         "review_items",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
-        sa.Column("dataset_id", sa.String(40), sa.ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "dataset_id", sa.String(40), sa.ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False
+        ),
         sa.Column("row_id", sa.String(200), nullable=False),
         sa.Column("run_id", sa.String(40), nullable=False),
         sa.Column("version_id", sa.String(80), nullable=False),
