@@ -84,4 +84,8 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     app.include_router(datasets.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     app.include_router(jobs.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     app.include_router(aliases.router, prefix="/v1", dependencies=[Depends(check_api_key)])
+    # curation: runs and the review queue
+    from opentracy.server.routers import curation
+
+    app.include_router(curation.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     return app
