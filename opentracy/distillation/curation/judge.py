@@ -238,7 +238,9 @@ class Judge:
             res.error = f"the judge's answer did not match the schema: {e.message}"
             res.flagged = True
         except LLMError as e:
-            unreachable = not isinstance(e, LLMTimeout) and (e.status is None or e.status in (401, 403, 404))
+            # No answer at all (connection refused, timeouts) or refused credentials / unknown model: the
+            # judge cannot be used. Other failures (429, 5xx after retries) belong to this row only.
+            unreachable = isinstance(e, LLMTimeout) or e.status is None or e.status in (401, 403, 404)
             if probe and unreachable:
                 raise JudgeUnavailable(f"cannot use {self.model}: {e.message}") from None
             res.error = f"the judge call failed: {e.message}"

@@ -236,6 +236,8 @@ class PIIDetector:
             return None
         if s.startswith("+") or (s.startswith("00") and n >= 10):
             return "phone"
+        if n > 12:  # written without a country code, no national number is this long
+            return None
         groups = [g for g in _SEP.split(s.strip("()")) if g]
         if len(groups) >= 2:
             # national formats: 555-123-4567, (555) 123 4567, 020 7946 0958, 06 12 34 56 78, 555-1234
