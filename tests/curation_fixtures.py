@@ -7,12 +7,63 @@ import random
 
 from opentracy.testing import Reply
 
-WORDS = (
-    "card transfer refund cash pin limit fee rate app phone visa atm balance account payment salary "
-    "statement currency euro dollar pound travel abroad online shop declined pending blocked stolen lost "
-    "contactless virtual physical delivery address verify identity passport selfie code password login "
-    "freeze unfreeze cancel charge exchange topup cheque direct debit standing order merchant receipt"
-).split()
+WORDS = [
+    "card",
+    "transfer",
+    "refund",
+    "cash",
+    "pin",
+    "limit",
+    "fee",
+    "rate",
+    "app",
+    "phone",
+    "visa",
+    "atm",
+    "balance",
+    "account",
+    "payment",
+    "salary",
+    "statement",
+    "currency",
+    "euro",
+    "dollar",
+    "pound",
+    "travel",
+    "abroad",
+    "online",
+    "shop",
+    "declined",
+    "pending",
+    "blocked",
+    "stolen",
+    "lost",
+    "contactless",
+    "virtual",
+    "physical",
+    "delivery",
+    "address",
+    "verify",
+    "identity",
+    "passport",
+    "selfie",
+    "code",
+    "password",
+    "login",
+    "freeze",
+    "unfreeze",
+    "cancel",
+    "charge",
+    "exchange",
+    "topup",
+    "cheque",
+    "direct",
+    "debit",
+    "standing",
+    "order",
+    "merchant",
+    "receipt",
+]
 LABELS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "declined_transfer"]
 
 
@@ -42,7 +93,9 @@ def noisy_rows(n_clean: int = 220) -> tuple[list[dict], dict[str, str]]:
         add(f"trunc_{k}", prompt_for(1200 + k), "card_arr", "truncated", finish_reason="length")
     for k in range(3):
         add(f"off_{k}", prompt_for(1300 + k), "weather", "off_cluster", cluster_id=99)
-    for k, pii in enumerate(["my email is ana@example.com", "card 4111 1111 1111 1111", "call +44 20 7946 0958"]):
+    for k, pii in enumerate(
+        ["my email is ana@example.com", "card 4111 1111 1111 1111", "call +44 20 7946 0958"]
+    ):
         add(f"pii_{k}", prompt_for(1400 + k) + " " + pii, LABELS[k], "pii")
     for k in range(4):  # exact copies of clean rows
         src = rows[k * 7]

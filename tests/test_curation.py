@@ -48,11 +48,20 @@ def test_curate_writes_the_next_version_with_a_report_that_adds_up(engine, mock,
     assert v2.status == "active" and v2.parent == "tickets-v1"
     assert done.result["version"]["label"] == "tickets-v2"
     step = v2.provenance[-1]
-    assert step["kind"] == "curation" and step["parent"] == "tickets-v1" and step["parent_hash"] == v1.content_hash
+    assert (
+        step["kind"] == "curation"
+        and step["parent"] == "tickets-v1"
+        and step["parent_hash"] == v1.content_hash
+    )
     assert step["judge_model"] == "openai/gpt-4o-mini" and not step["judge_skipped"]
     assert step["config"]["judge"]["threshold"] == 0.5 and step["config"]["review"]["size"] == 8
     rep = step["report"]
-    assert rep["rows_in"] == len(rows) == rep["rows_out"] + rep["dropped_total"] == v2.row_count + rep["dropped_total"]
+    assert (
+        rep["rows_in"]
+        == len(rows)
+        == rep["rows_out"] + rep["dropped_total"]
+        == v2.row_count + rep["dropped_total"]
+    )
     expected: dict[str, int] = {}
     for why in truth.values():
         expected[why] = expected.get(why, 0) + 1
@@ -64,7 +73,9 @@ def test_curate_writes_the_next_version_with_a_report_that_adds_up(engine, mock,
     for rule_rep in rep["rules"]:
         assert sum(rule_rep["dropped"].values()) == sum(rep["dropped"].get(k, 0) for k in rule_rep["dropped"])
     # judge: rows dropped by the cheap rules were never sent; costs and a histogram are reported
-    judged = len(rows) - sum(1 for w in truth.values() if w not in ("exact_duplicate", "near_duplicate", "judge_flagged"))
+    judged = len(rows) - sum(
+        1 for w in truth.values() if w not in ("exact_duplicate", "near_duplicate", "judge_flagged")
+    )
     assert rep["judge"]["rows_judged"] == judged
     # exact copies ask the very same question: the cache answers them, so they are paid once
     assert rep["judge"]["cached"] == 4 and rep["judge"]["calls"] == judged - 4 == chats(mock)
@@ -86,7 +97,11 @@ def test_curate_writes_the_next_version_with_a_report_that_adds_up(engine, mock,
     assert got["pii_1"]["prompt"].endswith("card 4111 1111 1111 1111")
     assert got["dup_0"]["reason"] == "exact duplicate of r_0000" and got["empty_0"]["response"] == ""
     only = engine.curation.dropped("tickets", rule="refusal")
-    assert only["total"] == 3 and {d["row_id"] for d in only["items"]} == {"refusal_0", "refusal_1", "refusal_2"}
+    assert only["total"] == 3 and {d["row_id"] for d in only["items"]} == {
+        "refusal_0",
+        "refusal_1",
+        "refusal_2",
+    }
     # runs are listed with their report
     runs = engine.curation.runs("tickets")
     assert len(runs) == 1 and runs[0].output == "tickets-v2" and runs[0].job_id == done.id
@@ -121,7 +136,9 @@ def test_without_a_reachable_judge_the_rules_run_and_the_version_says_so(engine,
     assert step["judge_skipped"] and "no OPENAI_API_KEY" in step["judge_skipped_reason"]
     assert step["judge_model"] is None
     warnings = {w.code: w.message for w in v2.warnings}
-    assert warnings["curated_without_judge"] == "curated without an LLM judge." and "not_curated" not in warnings
+    assert (
+        warnings["curated_without_judge"] == "curated without an LLM judge." and "not_curated" not in warnings
+    )
     rep = step["report"]
     assert rep["judge"]["skipped"] and rep["held_for_review"] == 0
     assert "judge_flagged" not in rep["dropped"] and rep["dropped"]["pii"] == 3
@@ -166,7 +183,9 @@ def test_review_decisions_flow_into_the_next_version(engine, mock, tickets):
     recs = [json.loads(x) for x in b"".join(engine.review.export_bytes("tickets")).splitlines()]
     by = {x["row_id"]: x for x in recs}
     assert by[a]["label"] == 1 and by[r]["label"] == 0 and by[e]["edited_response"] == "card_arrival"
-    assert by[a]["reviewer"] == "ana" and by[a]["note"] == "label is right" and by[a]["judge_score"] is not None
+    assert (
+        by[a]["reviewer"] == "ana" and by[a]["note"] == "label is right" and by[a]["judge_score"] is not None
+    )
     assert len(recs) == 6  # excluded rows are decisions too (by the policy)
     csv_text = b"".join(engine.review.export_bytes("tickets", "csv")).decode()
     assert csv_text.splitlines()[0].startswith("dataset,version,row_id,decision,label")

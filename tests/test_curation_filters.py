@@ -64,10 +64,16 @@ def test_error_filter_finds_each_kind_and_names_it():
     assert got["cutjson"].reason == "truncated output (JSON cut off)"
     assert got["refusal"].rule == "refusal" and "sorry" in got["refusal"].reason.lower()
     # each check can be turned off, and extra refusal patterns added
-    three = [row("empty", response=""), row("r", response="I cannot help with that"), row("n", response="nope.")]
+    three = [
+        row("empty", response=""),
+        row("r", response="I cannot help with that"),
+        row("n", response="nope."),
+    ]
     got = hits(ErrorFilter(ErrorsRule(empty=False, refusal_patterns=[r"^nope\b"])), three)
     assert set(got) == {"r", "n"}
-    assert hits(ErrorFilter(ErrorsRule(empty=False, refusal=False, refusal_patterns=[r"^nope\b"])), three) == {}
+    assert (
+        hits(ErrorFilter(ErrorsRule(empty=False, refusal=False, refusal_patterns=[r"^nope\b"])), three) == {}
+    )
 
 
 def test_bad_refusal_pattern_is_a_clear_error():
@@ -98,7 +104,9 @@ def test_off_cluster_by_embedding_distance():
         def embed(self, texts):
             return [embedding(t, 64) for t in texts]
 
-    card = [row(f"c{i}", prompt=f"my card has not arrived yet {w}", cluster_id=1) for i, w in enumerate("abcdef")]
+    card = [
+        row(f"c{i}", prompt=f"my card has not arrived yet {w}", cluster_id=1) for i, w in enumerate("abcdef")
+    ]
     far = row("far", prompt="what is the capital of peru and bolivia", cluster_id=1)
     f = ClusterFilter(ClusterRule(max_distance=0.6), embedder=HashEmbedder())
     got = hits(f, [*card, far])
@@ -124,7 +132,12 @@ def test_length_in_characters_and_tokens():
 
 POSITIVES = {
     "email": ["write to ana.lopez+bank@example.co.uk today", "Contact: j_doe@mail.example.org"],
-    "phone": ["call me on +44 20 7946 0958", "my number is (555) 123-4567", "ring 07700 900123", "+1-202-555-0143"],
+    "phone": [
+        "call me on +44 20 7946 0958",
+        "my number is (555) 123-4567",
+        "ring 07700 900123",
+        "+1-202-555-0143",
+    ],
     "credit_card": ["card 4111 1111 1111 1111 was charged", "5500-0000-0000-0004", "my amex 378282246310005"],
     "iban": ["send it to GB82 WEST 1234 5698 7654 32", "IBAN DE89370400440532013000"],
     "national_id": ["my SSN is 123-45-6789", "NI number AB 12 34 56 C", "DNI 12345678Z"],
@@ -217,7 +230,11 @@ def test_exact_and_near_duplicates_keep_the_best_scored_copy():
 
 def test_near_duplicate_threshold_separates_similar_from_different():
     base = "I am still waiting on my card, it has been two weeks now"
-    rows = [row("x", prompt=base), row("typo", prompt=base.replace("waiting", "waitng")), row("other", prompt="Can I top up by bank transfer from abroad?")]
+    rows = [
+        row("x", prompt=base),
+        row("typo", prompt=base.replace("waiting", "waitng")),
+        row("other", prompt="Can I top up by bank transfer from abroad?"),
+    ]
     assert set(hits(DedupFilter(), rows)) == {"typo"}
     assert hits(DedupFilter(DedupRule(threshold=0.99)), rows) == {}
 
@@ -256,7 +273,13 @@ def test_metadata_rule_expressions():
 
 @pytest.mark.parametrize(
     "expr,where",
-    [("tags contains", "expected a value"), ("tags ~ 3", "cannot read"), ("(a == 1", "expected ')'"), ("a matches '('", "bad regular expression"), ("", "empty rule")],
+    [
+        ("tags contains", "expected a value"),
+        ("tags ~ 3", "cannot read"),
+        ("(a == 1", "expected ')'"),
+        ("a matches '('", "bad regular expression"),
+        ("", "empty rule"),
+    ],
 )
 def test_metadata_rule_mistakes_are_named(expr, where):
     with pytest.raises(InvalidInput, match=re.escape(where)):
@@ -264,10 +287,22 @@ def test_metadata_rule_mistakes_are_named(expr, where):
 
 
 def test_judge_flagged_rule_spares_held_and_reviewed_rows():
-    rows = [row("low"), row("held"), row("approved", review={"status": "approved"}), row("err"), row("ok"), row("meta", judge_score=0.1)]
+    rows = [
+        row("low"),
+        row("held"),
+        row("approved", review={"status": "approved"}),
+        row("err"),
+        row("ok"),
+        row("meta", judge_score=0.1),
+    ]
     ctx = FilterContext(
         scores={"low": 0.2, "held": 0.3, "approved": 0.1, "ok": 0.9},
-        flagged={"low": "judge score 0.20 < threshold 0.5", "held": "x", "approved": "y", "err": "judge_error: boom"},
+        flagged={
+            "low": "judge score 0.20 < threshold 0.5",
+            "held": "x",
+            "approved": "y",
+            "err": "judge_error: boom",
+        },
         held=frozenset({"held"}),
     )
     f = JudgeFlaggedFilter(threshold=0.5)
@@ -290,13 +325,24 @@ def test_review_selection_is_closest_to_threshold_and_skips_queued():
 
 
 def test_config_shortcuts_and_mistakes():
-    cfg = CurationConfig.build(None, judge="openai/gpt-4o", threshold=0.7, pii="redact", dedup=0.9, cluster=34, review=10)
+    cfg = CurationConfig.build(
+        None, judge="openai/gpt-4o", threshold=0.7, pii="redact", dedup=0.9, cluster=34, review=10
+    )
     assert cfg.judge.model == "openai/gpt-4o" and cfg.judge.threshold == 0.7
     assert cfg.pii.action == "redact" and cfg.dedup.threshold == 0.9 and cfg.cluster.cluster_id == 34
     assert cfg.review.size == 10
     off = CurationConfig.build({"judge": False, "pii": False, "dedup": False})
     assert not off.judge.enabled and not off.pii.enabled and not off.dedup.enabled
-    custom = CurationConfig.build({"judge": {"criteria": ["helpfulness", {"name": "cites_policy", "description": "Cites the policy.", "weight": 2}]}})
+    custom = CurationConfig.build(
+        {
+            "judge": {
+                "criteria": [
+                    "helpfulness",
+                    {"name": "cites_policy", "description": "Cites the policy.", "weight": 2},
+                ]
+            }
+        }
+    )
     assert [c.name for c in custom.judge.criteria] == ["helpfulness", "cites_policy"]
     for bad, msg in [
         ({"judge": {"threshold": 2}}, "judge.threshold"),
@@ -310,8 +356,25 @@ def test_config_shortcuts_and_mistakes():
 
 
 def test_report_counts_add_up_without_a_judge():
-    words = "card transfer refund cash pin limit fee rate app phone visa top-up atm".split()
-    rows = [row(f"r{i}", prompt=f"{words[i % 13]} {words[(i * 5 + 1) % 13]} {i}? " * 2, cluster_id=1) for i in range(20)]
+    words = [
+        "card",
+        "transfer",
+        "refund",
+        "cash",
+        "pin",
+        "limit",
+        "fee",
+        "rate",
+        "app",
+        "phone",
+        "visa",
+        "top-up",
+        "atm",
+    ]
+    rows = [
+        row(f"r{i}", prompt=f"{words[i % 13]} {words[(i * 5 + 1) % 13]} {i}? " * 2, cluster_id=1)
+        for i in range(20)
+    ]
     rows += [row("dup", prompt=rows[3].prompt, cluster_id=1), row("empty", response=""),
              row("pii", prompt="my ssn is 123-45-6789", cluster_id=1), row("off", cluster_id=2)]  # fmt: skip
     out = curate_rows(rows, {"judge": False})

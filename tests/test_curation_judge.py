@@ -57,7 +57,12 @@ def test_scores_reasons_flags_and_the_request(engine):
     assert by["mid"].score == pytest.approx((0.75 + 0.75 + 0.25) / 3, abs=1e-4) and not by["mid"].flagged
     assert by["good"].metadata() == {
         "judge_score": 1.0,
-        "judge": {"model": "openai/gpt-4o-mini", "scores": by["good"].scores, "reason": "correct label", "threshold": 0.5},
+        "judge": {
+            "model": "openai/gpt-4o-mini",
+            "scores": by["good"].scores,
+            "reason": "correct label",
+            "threshold": 0.5,
+        },
     }
     body = chats(mock)[0]
     assert body["model"] == "gpt-4o-mini" and body["temperature"] == 0
@@ -84,7 +89,10 @@ def test_custom_criteria_weights_and_reference_answers(engine):
             v["correctness"] = 1
         return Reply(content=json.dumps({k: x for k, x in {**v, "reason": "r"}.items() if k in props}))
 
-    crit = ["helpfulness", {"name": "cites_policy", "description": "Does it cite the refund policy?", "weight": 3}]
+    crit = [
+        "helpfulness",
+        {"name": "cites_policy", "description": "Does it cite the refund policy?", "weight": 3},
+    ]
     rows = [
         CurationRow("plain", "Can I get a refund?", "Yes, within 30 days."),
         CurationRow("ref", "Can I get a refund?", "No.", {"expected": "Yes, within 30 days (policy 4.2)."}),

@@ -88,6 +88,8 @@ class JudgeConfig(_Section):
     max_chars: int = Field(6000, ge=100, le=200_000)  # per prompt / response shown to the judge
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(300, ge=16, le=4000)
+    # Rows judged at once by this run (the gateway also bounds calls in flight per provider).
+    concurrency: int = Field(32, ge=1, le=1024)
     # Rows a rule drops anyway (empty, PII, too long...) are not sent to the judge unless this is true.
     judge_dropped: bool = False
 

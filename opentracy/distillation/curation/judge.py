@@ -132,7 +132,7 @@ class Judge:
         model: str | None = None,
         threshold: float | None = None,
         criteria: list[Criterion | str | dict[str, Any]] | None = None,
-        concurrency: int = 64,
+        concurrency: int | None = None,
         probe_retries: int = 1,
     ) -> None:
         cfg = config if isinstance(config, JudgeConfig) else JudgeConfig.model_validate(config or {})
@@ -145,7 +145,7 @@ class Judge:
             cfg = JudgeConfig.model_validate({**cfg.model_dump(), **updates})
         self.config = cfg
         self.gateway = gateway
-        self.concurrency = max(1, concurrency)
+        self.concurrency = max(1, concurrency or cfg.concurrency)
         self.probe_retries = probe_retries
         self.usage = JudgeUsage()
 

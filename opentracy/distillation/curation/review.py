@@ -246,8 +246,26 @@ class ReviewService:
             v = self.datasets.version(name, version)
         except NotFound:
             return  # the freeze itself reports it
-        if v.status == "active":
-            self._close(name, v.id, v.number, None, trigger="freeze")
+        if v.status != "active":
+            return
+        kinds = [step.get("kind") for step in v.provenance]
+        closed = (
+            "review" in kinds and kinds[::-1].index("review") < kinds[::-1].index("curation")
+            if "curation" in kinds
+            else False
+        )
+        if (
+            closed
+        ):  # `finish` already closed this version's review; close again only if rows were queued since
+            with self.catalog.session() as s:
+                waiting = s.scalar(
+                    select(func.count()).where(
+                        ReviewItemRecord.version_id == v.id, ReviewItemRecord.status == "pending"
+                    )
+                )
+            if not waiting:
+                return
+        self._close(name, v.id, v.number, None, trigger="freeze")
 
     def _close(
         self, name: str, version_id: str, number: int, pending: str | None, *, trigger: str
