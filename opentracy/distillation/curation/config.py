@@ -217,7 +217,7 @@ class DedupRule(_Section):
 
     exact: bool = True
     near: bool = True
-    threshold: float = Field(0.8, gt=0, le=1, description="estimated Jaccard similarity of shingles")
+    threshold: float = Field(0.75, gt=0, le=1, description="estimated Jaccard similarity of shingles")
     on: Literal["prompt", "prompt+response"] = "prompt+response"
     num_perm: int = Field(128, ge=16, le=1024)
     shingle: int = Field(4, ge=1, le=20, description="characters per shingle")

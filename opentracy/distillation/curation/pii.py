@@ -117,7 +117,7 @@ _SECRETS = re.compile(
 )
 _ASSIGNED = re.compile(
     r"(?i)\b(?:api[_ -]?key|secret(?:[_ -]?key)?|access[_ -]?token|auth[_ -]?token|token|password|passwd|pwd)"
-    r"\b[\"']?\s*(?:[:=]|\bis\b)\s*[\"']?([^\s\"',;]{8,})"
+    r"\b[\"']?[ \t]*(?:[:=]|\bis\b)[ \t]*[\"']?([^\s\"',;]{8,})"  # on one line
 )
 
 

@@ -231,8 +231,11 @@ def curate_rows(
     held_score = {r.row_id: s for r, s in held}
     for i in alive:
         r = items[i]
-        meta = dict(r.metadata)
         res = results.get(r.row_id)
+        if res is None and not flags[i] and r.row_id not in held_ids and "curation_flags" not in r.metadata:
+            kept.append(r)  # nothing to add to this row
+            continue
+        meta = dict(r.metadata)
         row_flags = list(flags[i])
         if res is not None:
             meta.pop("judge_score", None)
@@ -249,7 +252,7 @@ def curate_rows(
             meta["review"] = {"status": "pending"}
         for fl in row_flags:
             flag_counts[fl] = flag_counts.get(fl, 0) + 1
-        out = replace(r, metadata=meta)
+        out = CurationRow(r.row_id, r.prompt, r.response, meta, r.ord)
         kept.append(out)
         if r.row_id in held_ids:
             held_rows.append((out, held_score[r.row_id]))

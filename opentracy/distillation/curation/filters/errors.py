@@ -10,11 +10,14 @@ from opentracy.distillation.curation.filters._base import Filter, FilterContext,
 from opentracy.distillation.curation.rows import CurationRow
 
 # Refusals open the response; only its start is searched.
+_CANT = r"(?:can(?:no|')?t|cannot|won'?t(?: be able to)?|will not|am unable to|'m unable to|am not able to|'m not able to|unable to|not able to)"
 REFUSALS = [
     r"^\W*(?:i'?m|i am) (?:really |very |so )?sorry,? (?:but )?(?:i|as an ai)[^.]{0,40}\b(?:can(?:no|')?t|cannot|unable|not able|won'?t)\b",
     r"^\W*i apologi[sz]e,? (?:but )?(?:i|as an ai)[^.]{0,40}\b(?:can(?:no|')?t|cannot|unable|not able|won'?t)\b",
-    r"^\W*(?:i|we) (?:can(?:no|')?t|cannot|won'?t|am unable to|am not able to|'m unable to|'m not able to) "
-    r"(?:help|assist|provide|comply|fulfil|fulfill|do that|answer|share|support|generate|create|write)",
+    r"^\W*(?:unfortunately,? |sorry,? (?:but )?)?(?:i|we) ?"
+    + _CANT
+    + r" (?:help|assist|provide|comply|fulfil|fulfill|"
+    r"do that|do this|answer|share|support|generate|create|write|give|discuss|access)",
     r"^\W*(?:unfortunately,? )?i(?:'m| am) not (?:able|allowed|permitted) to",
     r"\bas an ai(?: language)? model,? i (?:can(?:no|')?t|cannot|don'?t|do not|am unable|am not able)",
     r"^\W*(?:sorry|unfortunately),? (?:but )?(?:i|this) (?:can(?:no|')?t|cannot|is not something i can)",

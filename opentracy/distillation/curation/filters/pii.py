@@ -27,6 +27,9 @@ class PIIFilter(Filter):
     def one(self, row: CurationRow) -> Hit | None:
         det, where, redact = self.detector, self.rule.fields, self.action == "redact"
         kinds: set[str] = set()
+        if not redact and where == "both" and isinstance(row.prompt, str):  # one pass over both texts
+            kinds.update(f.kind for f in det.find(row.prompt + "\n" + row.response))
+            return self._hit(kinds, {}) if kinds else None
         edit: dict[str, Any] = {}
         if where in ("prompt", "both"):
             if isinstance(row.prompt, str):
@@ -61,6 +64,9 @@ class PIIFilter(Filter):
             kinds.update(f.kind for f in found)
         if not kinds:
             return None
+        return self._hit(kinds, edit)
+
+    def _hit(self, kinds: set[str], edit: dict[str, Any]) -> Hit:
         self.kinds_found.update(kinds)
         names = ", ".join(sorted(kinds))
         verb = {"drop": "contains", "flag": "contains", "redact": "redacted"}[self.action]
