@@ -223,3 +223,23 @@ def test_curation_mistakes_fail_before_the_job(engine, mock, tickets):
         engine.review.decide("tickets", "r_0001", "approve", reviewer=" ")
     with pytest.raises(InvalidInput, match="an edit needs"):
         engine.review.decide("tickets", "r_0001", "edit", reviewer="ana")
+
+
+def test_cancelling_a_curation_stops_the_judge_and_writes_nothing(engine, mock, tickets):
+    import time
+
+    mock.latency_ms = 200
+    job = engine.curation.submit("tickets", {"judge": {"concurrency": 2}})
+    deadline = time.monotonic() + 30
+    while chats(mock) < 4:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    engine.jobs.cancel(job.id)
+    done = engine.jobs.wait(job.id, timeout=30)
+    assert done.status == "cancelled"
+    asked = chats(mock)
+    time.sleep(0.5)
+    assert chats(mock) <= asked + 2  # nothing new is started after the cancel
+    # the source was frozen (its raw rows are a version of their own), no curated version was written
+    assert [(v.label, v.status) for v in engine.datasets.versions("tickets")] == [("tickets-v1", "frozen")]
+    assert engine.curation.runs("tickets") == []
