@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint bench-upload bench-gateway bench-traces bench-providers clean
+.PHONY: serve test lint bench-upload bench-gateway bench-traces bench-providers bench-curation clean
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench-traces: $(STAMP)
 
 bench-providers: $(STAMP)
 	$(BIN)/python bench/providers.py
+
+bench-curation: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python bench/curation.py
 
 clean:
 	rm -rf $(VENV) .opentracy .pytest_cache

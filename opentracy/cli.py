@@ -782,5 +782,297 @@ def lm_delete(ctx: click.Context, name: str) -> None:
     click.echo(f"deleted local/{name}")
 
 
+# ---------------------------------------------------------------------------------------------------
+# curation and review
+
+
+def _report_lines(run: dict[str, Any]) -> list[str]:
+    rep = run["report"]
+    j = rep.get("judge") or {}
+    lines = [
+        f"{run['source']} → {run['output']}: {rep['rows_in']:,} rows in, {rep['rows_out']:,} out, "
+        f"{rep['dropped_total']:,} dropped, {rep.get('held_for_review', 0):,} held for review"
+    ]
+    for rule, n in sorted(rep.get("dropped", {}).items(), key=lambda x: -x[1]):
+        lines.append(f"  dropped {n:>7,}  {rule}")
+    for flag, n in sorted(rep.get("flagged", {}).items(), key=lambda x: -x[1]):
+        lines.append(f"  flagged {n:>7,}  {flag}")
+    if j.get("skipped"):
+        lines.append(f"  judge skipped: {j.get('skipped_reason')}")
+    elif j.get("model"):
+        lines.append(
+            f"  judge {j['model']}: {j['rows_judged']:,} rows, mean {j.get('mean_score')}, "
+            f"{j['below_threshold']:,} below {j['threshold']}, {j['errors']:,} errors; {j['calls']:,} calls "
+            f"({j['cached']:,} cached), {j['input_tokens'] + j['output_tokens']:,} tokens, ${j['cost_usd']:.4f}"
+        )
+        lines.append(
+            "  scores " + " ".join(f"{i / 10:.1f}:{c}" for i, c in enumerate(j.get("histogram", [])))
+        )
+    return lines
+
+
+@main.command("curate")
+@click.argument("name")
+@click.option(
+    "--version", default=None, help="Version to curate (default: the latest; an active one is frozen first)."
+)
+@click.option(
+    "--config", "config_path", default=None, type=click.Path(dir_okay=False), help="A JSON curation config."
+)
+@click.option("--judge", default=None, help="Judge model (provider/model or an alias).")
+@click.option("--no-judge", is_flag=True, help="Rule filters only.")
+@click.option("--threshold", type=float, default=None, help="Judge score below which rows are flagged (0-1).")
+@click.option("--pii", type=click.Choice(["drop", "redact", "flag", "off"]), default=None)
+@click.option("--dedup", "dedup_threshold", type=float, default=None, help="Near-duplicate similarity (0-1).")
+@click.option("--no-dedup", is_flag=True)
+@click.option("--cluster", default=None, help="Target cluster id, 'auto' (the majority) or 'off'.")
+@click.option("--max-tokens", type=int, default=None, help="Drop rows longer than this (estimated tokens).")
+@click.option(
+    "--keep-if", "keep_if", multiple=True, help="Keep only rows matching, e.g. 'tags contains \"reviewed\"'."
+)
+@click.option("--drop-if", "drop_if", multiple=True, help="Drop rows matching an expression.")
+@click.option("--review-size", type=int, default=None, help="Borderline rows to hold for review (0: none).")
+@click.option("--pending", type=click.Choice(["exclude", "include"]), default=None,
+              help="Rows still pending review at freeze time: exclude (default) or include.")  # fmt: skip
+@click.option("--no-wait", is_flag=True, help="Print the job id and return at once.")
+@click.pass_context
+def curate_cmd(
+    ctx: click.Context,
+    name: str,
+    version: str | None,
+    config_path: str | None,
+    judge: str | None,
+    no_judge: bool,
+    threshold: float | None,
+    pii: str | None,
+    dedup_threshold: float | None,
+    no_dedup: bool,
+    cluster: str | None,
+    max_tokens: int | None,
+    keep_if: tuple[str, ...],
+    drop_if: tuple[str, ...],
+    review_size: int | None,
+    pending: str | None,
+    no_wait: bool,
+) -> None:
+    """Curate dataset NAME: LLM judge, rule filters, review selection; writes the next version."""
+    from opentracy.errors import InvalidInput
+
+    config: dict[str, Any] = {}
+    if config_path:
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError) as e:
+            raise InvalidInput(f"cannot read the config: {e}", file=config_path) from None
+    c = _client(ctx)
+    rules = [{"name": f"keep_if_{i + 1}", "keep_if": e} for i, e in enumerate(keep_if)]
+    rules += [{"name": f"drop_if_{i + 1}", "drop_if": e} for i, e in enumerate(drop_if)]
+    review: Any = None
+    if review_size is not None or pending is not None:
+        review = dict(config.get("review") or {})
+        if review_size is not None:
+            review["size"] = review_size
+        if pending is not None:
+            review["pending"] = pending
+    cl: Any = None
+    if cluster is not None:
+        cl = False if cluster == "off" else (int(cluster) if cluster.lstrip("-").isdigit() else cluster)
+    got = c.curate(
+        name,
+        version=version,
+        config=config,
+        judge=False if no_judge else judge,
+        threshold=threshold,
+        pii=False if pii == "off" else pii,
+        dedup=False if no_dedup else dedup_threshold,
+        cluster=cl,
+        length={"max_tokens": max_tokens} if max_tokens else None,
+        rules=(list(config.get("rules") or []) + rules) or None,
+        review=review,
+        wait=not no_wait,
+        progress=True,
+    )
+    if no_wait:
+        click.echo(got.id)
+        return
+    click.echo(_version_line(got))
+    for line in _report_lines(c.curation_report(name)):
+        click.echo(line)
+    _warnings(got)
+
+
+@main.group()
+def curation() -> None:
+    """Curation runs: reports and the rows each run dropped."""
+
+
+@curation.command("runs")
+@click.argument("name")
+@click.pass_context
+def curation_runs(ctx: click.Context, name: str) -> None:
+    """Every curation run of NAME."""
+    from rich.table import Table
+
+    t = Table(_id_col("run"), "source", "output", "in", "out", "dropped", "judge", "cost $", "created")
+    for r in _client(ctx).curation_runs(name):
+        rep, j = r["report"], r["report"].get("judge") or {}
+        t.add_row(
+            r["id"], r["source"], r["output"], f"{rep['rows_in']:,}", f"{rep['rows_out']:,}",
+            f"{rep['dropped_total']:,}", "skipped" if j.get("skipped") else str(j.get("model")),
+            f"{j.get('cost_usd', 0):.4f}", r["created_at"][:19],
+        )  # fmt: skip
+    _console().print(t)
+
+
+@curation.command("report")
+@click.argument("name")
+@click.option("--run", "run_id", default="latest", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def curation_report(ctx: click.Context, name: str, run_id: str, as_json: bool) -> None:
+    """The report of a run: rows in and out, dropped per rule, flags, judge scores and cost."""
+    run = _client(ctx).curation_report(name, run_id)
+    if as_json:
+        click.echo(json.dumps(run, indent=2))
+        return
+    for line in _report_lines(run):
+        click.echo(line)
+
+
+@curation.command("dropped")
+@click.argument("name")
+@click.option("--run", "run_id", default="latest", show_default=True)
+@click.option("--rule", default=None, help="Only rows this rule dropped (e.g. pii, near_duplicate).")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSONL.")
+@click.pass_context
+def curation_dropped(
+    ctx: click.Context, name: str, run_id: str, rule: str | None, limit: int, as_json: bool
+) -> None:
+    """Rows a run dropped, with the rule and the reason."""
+    it = _client(ctx).dropped_rows(name, run_id=run_id, rule=rule, page_size=min(limit, 1000))
+    rows = [r for _, r in zip(range(limit), it, strict=False)]
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    t = Table(_id_col("row_id"), "rule", "reason", "prompt", "response")
+    for r in rows:
+        p = r["prompt"] if isinstance(r["prompt"], str) else json.dumps(r["prompt"])
+        t.add_row(r["row_id"], r["rule"], _clip(r["reason"], 50), _clip(p, 40), _clip(r["response"], 25))
+    _console().print(t)
+
+
+@main.group()
+def review() -> None:
+    """The human review queue: list, approve, reject, edit, export, finish."""
+
+
+@review.command("list")
+@click.argument("name")
+@click.option(
+    "--status",
+    default="pending",
+    show_default=True,
+    help="pending, approved, rejected, edited, excluded, included or all.",
+)
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def review_list(ctx: click.Context, name: str, status: str, limit: int, as_json: bool) -> None:
+    """Queued rows, closest to the judge threshold first, and the queue's progress."""
+    c = _client(ctx)
+    items = c.review_queue(name, status=None if status == "all" else status, limit=limit)
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(_id_col("row_id"), "status", "score", "prompt", "response", "reviewer")
+    for it in items:
+        o = it["original"]
+        p = o["prompt"] if isinstance(o["prompt"], str) else json.dumps(o["prompt"])
+        score = "" if it["score"] is None else f"{it['score']:.2f}"
+        t.add_row(
+            it["row_id"], it["status"], score, _clip(p, 50), _clip(o["response"], 30), it["reviewer"] or ""
+        )
+    _console().print(t)
+    pr = c.review_progress(name)
+    click.echo(
+        f"{pr['decided']:,} of {pr['total']:,} decided ({pr['fraction_done']:.0%}); {pr['pending']:,} pending",
+        err=True,
+    )
+
+
+def _review_decision(ctx: click.Context, name: str, row_id: str, decision: str, by: str | None, note: str | None,
+                     **text: Any) -> None:  # fmt: skip
+    it = _client(ctx).review(name, row_id, decision, reviewer=by or _whoami(), note=note, **text)
+    click.echo(f"{it['row_id']}  {it['status']}  by {it['reviewer']}")
+
+
+@review.command("approve")
+@click.argument("name")
+@click.argument("row_id")
+@click.option("--by", default=None, help="Reviewer (default: $USER).")
+@click.option("--note", default=None)
+@click.pass_context
+def review_approve(ctx: click.Context, name: str, row_id: str, by: str | None, note: str | None) -> None:
+    """Keep a queued row (tagged `reviewed`)."""
+    _review_decision(ctx, name, row_id, "approve", by, note)
+
+
+@review.command("reject")
+@click.argument("name")
+@click.argument("row_id")
+@click.option("--by", default=None, help="Reviewer (default: $USER).")
+@click.option("--note", default=None)
+@click.pass_context
+def review_reject(ctx: click.Context, name: str, row_id: str, by: str | None, note: str | None) -> None:
+    """Remove a queued row from the version (it stays in the parent version and the queue's record)."""
+    _review_decision(ctx, name, row_id, "reject", by, note)
+
+
+@review.command("edit")
+@click.argument("name")
+@click.argument("row_id")
+@click.option("--response", default=None, help="The corrected response.")
+@click.option("--prompt", default=None, help="The corrected prompt.")
+@click.option("--by", default=None, help="Reviewer (default: $USER).")
+@click.option("--note", default=None)
+@click.pass_context
+def review_edit(ctx: click.Context, name: str, row_id: str, response: str | None, prompt: str | None,
+                by: str | None, note: str | None) -> None:  # fmt: skip
+    """Correct a queued row (the original stays in the queue's record)."""
+    _review_decision(ctx, name, row_id, "edit", by, note, response=response, prompt=prompt)
+
+
+@review.command("export")
+@click.argument("name")
+@click.argument("path")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--include-pending", is_flag=True)
+@click.pass_context
+def review_export(ctx: click.Context, name: str, path: str, fmt: str, include_pending: bool) -> None:
+    """Write the decisions (with judge scores and the original and edited text) to PATH."""
+    dest = _client(ctx).export_review(name, path, format=fmt, include_pending=include_pending)
+    click.echo(f"wrote {dest}")
+
+
+@review.command("finish")
+@click.argument("name")
+@click.option("--pending", type=click.Choice(["exclude", "include"]), default=None,
+              help="Rows still pending: exclude or include (default: the policy the curation run recorded).")  # fmt: skip
+@click.option("--no-freeze", is_flag=True, help="Close the review without freezing the version.")
+@click.pass_context
+def review_finish(ctx: click.Context, name: str, pending: str | None, no_freeze: bool) -> None:
+    """Close the review of the active version and freeze it."""
+    ds = _client(ctx).finish_review(name, pending=pending, freeze=not no_freeze, progress=True)
+    click.echo(_version_line(ds))
+    _warnings(ds)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

@@ -777,6 +777,162 @@ class Distiller:
     def delete_local_model(self, name: str) -> None:
         self._request("DELETE", f"/v1/local-models/{name}")
 
+    # -- curation ----------------------------------------------------------------------------------
+    def curate(
+        self,
+        name: str,
+        *,
+        version: int | str | None = None,
+        config: dict[str, Any] | None = None,
+        judge: str | bool | dict[str, Any] | None = None,
+        threshold: float | None = None,
+        errors: bool | dict[str, Any] | None = None,
+        cluster: int | str | bool | dict[str, Any] | None = None,
+        length: int | bool | dict[str, Any] | None = None,
+        pii: str | bool | dict[str, Any] | None = None,
+        dedup: float | bool | dict[str, Any] | None = None,
+        judge_flagged: bool | dict[str, Any] | None = None,
+        rules: list[str | dict[str, Any]] | None = None,
+        review: int | bool | dict[str, Any] | None = None,
+        wait: bool = True,
+        progress: bool | None = None,
+    ) -> Dataset | Job:
+        """Curate a dataset (its latest version, or `version`): LLM judge, rule filters, review selection.
+
+        The curated rows become the next version (an active latest version is frozen first, so the raw rows
+        stay reachable). Keywords are shortcuts into `config` (see opentracy.distillation.curation.config):
+        `judge="openai/gpt-4o-mini"` or `False`, `threshold=0.6`, `pii="redact"`, `dedup=0.85`,
+        `cluster=34`, `length=2048` (tokens), `rules=['tags contains "reviewed"']`, `review=50`.
+        Returns the new version's `Dataset` once done, or the `Job` with `wait=False`."""
+        from opentracy.distillation.curation.config import CurationConfig
+
+        shortcuts = {
+            "judge": judge,
+            "threshold": threshold,
+            "errors": errors,
+            "cluster": cluster,
+            "length": length,
+            "pii": pii,
+            "dedup": dedup,
+            "judge_flagged": judge_flagged,
+            "rules": rules,
+            "review": review,
+        }
+        cfg = CurationConfig.build(config, **shortcuts).model_dump(mode="json")
+        body = {"config": cfg, "version": version}
+        job = self._job(self._json("POST", f"/v1/datasets/{name}/curate", json=body))
+        if not wait:
+            return job
+        job = self.wait_job(job.id, progress=progress)
+        return Dataset._from(self, job.result["version"])  # type: ignore[index]
+
+    def curation_runs(self, name: str) -> list[dict[str, Any]]:
+        """Every curation run of a dataset: source and output versions, config, report."""
+        return self._json("GET", f"/v1/datasets/{name}/curation/runs")["items"]
+
+    def curation_report(self, name: str, run_id: str = "latest") -> dict[str, Any]:
+        """A run (default: the latest) with its config and report (rows in/out, dropped per rule, judge
+        histogram, cost)."""
+        return self._json("GET", f"/v1/datasets/{name}/curation/runs/{run_id}")
+
+    def dropped_rows(
+        self, name: str, *, run_id: str = "latest", rule: str | None = None, page_size: int = 500
+    ) -> Iterator[dict[str, Any]]:
+        """Rows a curation run dropped, whole, each with its `rule` and `reason`."""
+        offset = 0
+        while True:
+            params: dict[str, Any] = {
+                "limit": page_size,
+                "offset": offset,
+                **({"rule": rule} if rule else {}),
+            }
+            page = self._json("GET", f"/v1/datasets/{name}/curation/runs/{run_id}/dropped", params=params)
+            yield from page["items"]
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return
+
+    def review_queue(
+        self, name: str, *, status: str | None = "pending", limit: int = 100, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        """Rows in the review queue (closest to the judge threshold first), by status (None: all)."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset, **({"status": status} if status else {})}
+        return self._json("GET", f"/v1/datasets/{name}/review", params=params)["items"]
+
+    def review_progress(self, name: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/datasets/{name}/review/progress")
+
+    def review(
+        self,
+        name: str,
+        row_id: str,
+        decision: str,
+        *,
+        reviewer: str | None = None,
+        note: str | None = None,
+        prompt: Any = None,
+        response: str | None = None,
+    ) -> dict[str, Any]:
+        """Decide on a queued row: "approve", "reject" or "edit" (with a new response and/or prompt).
+        `reviewer` defaults to $USER."""
+        who = reviewer or os.environ.get("USER") or os.environ.get("USERNAME")
+        body = {
+            "decision": decision,
+            "reviewer": who or "",
+            "note": note,
+            "prompt": prompt,
+            "response": response,
+        }
+        return self._json("POST", f"/v1/datasets/{name}/review/{row_id}", json=body)
+
+    def approve(
+        self, name: str, row_id: str, *, reviewer: str | None = None, note: str | None = None
+    ) -> dict[str, Any]:
+        return self.review(name, row_id, "approve", reviewer=reviewer, note=note)
+
+    def reject(
+        self, name: str, row_id: str, *, reviewer: str | None = None, note: str | None = None
+    ) -> dict[str, Any]:
+        return self.review(name, row_id, "reject", reviewer=reviewer, note=note)
+
+    def edit(
+        self,
+        name: str,
+        row_id: str,
+        *,
+        response: str | None = None,
+        prompt: Any = None,
+        reviewer: str | None = None,
+        note: str | None = None,
+    ) -> dict[str, Any]:
+        return self.review(
+            name, row_id, "edit", reviewer=reviewer, note=note, prompt=prompt, response=response
+        )
+
+    def export_review(
+        self, name: str, path: str | os.PathLike[str], *, format: str = "jsonl", include_pending: bool = False
+    ) -> Path:
+        """Write the review decisions as data (jsonl or csv), e.g. to train a judge on human labels."""
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        params = {"format": format, "include_pending": str(include_pending).lower()}
+        resp = self._request("GET", f"/v1/datasets/{name}/review/export", params=params)
+        dest.write_bytes(resp.content)
+        return dest
+
+    def finish_review(
+        self, name: str, *, pending: str | None = None, freeze: bool = True, progress: bool | None = None
+    ) -> Dataset:
+        """Close the active version's review: rows still pending are excluded or included (`pending`, default:
+        the policy the curation run recorded); then freeze the version (`freeze=True`)."""
+        got = self._json(
+            "POST", f"/v1/datasets/{name}/review/finish", json={"pending": pending, "freeze": freeze}
+        )
+        if got.get("job"):
+            job = self.wait_job(got["job"]["id"], progress=progress)
+            return Dataset._from(self, job.result)  # type: ignore[arg-type]
+        return self.get_dataset(name, "active")
+
 
 def _trace_params(**f: Any) -> dict[str, Any]:
     params: dict[str, Any] = {}

@@ -49,6 +49,13 @@ class Engine:
         self._proxy: RecordingProxy | None = None
         trace_jobs.register(self.jobs, self.traces, self.settings.staging_dir)
         self._started = False
+        # Curation (judge, filter, review) of stored datasets: jobs, runs and the review queue.
+        from opentracy.distillation.curation.service import CurationService
+
+        self.curation = CurationService(
+            self.catalog, self.datasets, self.artifacts, self.jobs, lambda: self.gateway
+        )
+        self.review = self.curation.review
 
     @property
     def gateway(self) -> Gateway:

@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from opentracy.datasets._core import DatasetCore
+from opentracy.datasets.derive import DeriveMixin
 from opentracy.datasets.rowops import RowsMixin
 from opentracy.datasets.upload import UploadMixin
 from opentracy.datasets.versions import VersionsMixin
@@ -21,7 +22,7 @@ from opentracy.datasets.versions import VersionsMixin
 __all__ = ["DatasetService"]
 
 
-class DatasetService(VersionsMixin, RowsMixin, UploadMixin, DatasetCore):
+class DatasetService(VersionsMixin, RowsMixin, UploadMixin, DeriveMixin, DatasetCore):
     def export(self, name: str, version: int | str | None, fmt: str, dest: str | Path) -> int:
         """Write a version to a file (jsonl, openai, csv, parquet); returns the row count."""
         from opentracy.datasets.export import check_format, write_export

@@ -99,6 +99,10 @@ class VersionsMixin(DatasetCore):
     ) -> VersionInfo:
         """Make a version immutable: compact its segments into one and record its content hash."""
         progress = progress or (lambda f, m: None)
+        # Work other parts must finish on a version before it freezes (curation: the review queue's policy for
+        # rows still pending). Each hook takes (name, version) and may write to the still-active version.
+        for hook in list(getattr(self, "freeze_hooks", ())):
+            hook(name, version)
         with self.catalog.session() as s:
             ds = self._dataset(s, name)
             v = self._version(s, ds, version)

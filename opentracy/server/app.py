@@ -108,4 +108,9 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     from opentracy.server.routers import local_models
 
     app.include_router(local_models.router, prefix="/v1", dependencies=[Depends(check_api_key)])
+
+    # curation: runs and the review queue
+    from opentracy.server.routers import curation
+
+    app.include_router(curation.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     return app

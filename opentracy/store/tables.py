@@ -240,3 +240,54 @@ class LocalModelRecord(Base):
         JSON, default=dict, nullable=False
     )  # e.g. the job that made it
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Curation (opentracy.distillation.curation): runs, and the human review queue.
+
+
+class CurationRunRecord(Base):
+    """One curation run: the version it read, the version it wrote, its config and report. The per-row
+    decisions (kept / dropped with rule and reason, dropped rows whole) are a Parquet artifact."""
+
+    __tablename__ = "curation_runs"
+    __table_args__ = (Index("ix_curation_runs_dataset", "dataset_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False)
+    source_version_id: Mapped[str] = mapped_column(String(80), nullable=False)
+    output_version_id: Mapped[str] = mapped_column(String(80), nullable=False)
+    job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    decisions_key: Mapped[str] = mapped_column(String(400), nullable=False)
+    decisions_sha256: Mapped[str] = mapped_column(String(80), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+class ReviewItemRecord(Base):
+    """A row in a dataset's review queue (at most once per row id), and the person's decision on it."""
+
+    __tablename__ = "review_items"
+    __table_args__ = (
+        Index("ix_review_items_dataset_row", "dataset_id", "row_id", unique=True),
+        Index("ix_review_items_dataset_status", "dataset_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False)
+    row_id: Mapped[str] = mapped_column(String(200), nullable=False)
+    run_id: Mapped[str] = mapped_column(String(40), nullable=False)
+    version_id: Mapped[str] = mapped_column(String(80), nullable=False)  # the version the row waits in
+    # pending | approved | rejected | edited | excluded | included (the last two: the freeze policy decided)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    original: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)  # the row as queued
+    edited: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON, nullable=True
+    )  # prompt/response after an edit
+    reviewer: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
