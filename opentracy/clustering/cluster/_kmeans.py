@@ -1,6 +1,6 @@
 """Spherical k-means on unit vectors, written on numpy's matrix product.
 
-Measured on this project's 2-core machine (docs/decisions/0021): one Lloyd pass is one float32 matrix
+Measured on this project's 2-core machine (docs/decisions/0021-clustering-algorithm.md): one Lloyd pass is one float32 matrix
 product (BLAS), an argmax, and a sparse sum; scikit-learn's KMeans and faiss's Kmeans ran 2-40x slower here
 because their OpenMP threads fight over the two cores. Used for micro-clusters (many small groups that the
 Ward stage then merges) and for large-k assignment; rows are processed in blocks so memory stays bounded.
