@@ -38,6 +38,7 @@ class Engine:
         self.pricing = Pricing()  # the genai-prices table loads on the first cost asked, not here
         self._gateway: Gateway | None = None
         self._started = False
+        self._init_clustering()
 
     @property
     def gateway(self) -> Gateway:
@@ -62,6 +63,24 @@ class Engine:
         if self._gateway is not None:
             self._gateway.close()
         self.catalog.dispose()
+
+    # -- clustering (issue 6) -------------------------------------------------------------------------
+    def _init_clustering(self) -> None:
+        from opentracy.clustering import jobs as clustering_jobs
+        from opentracy.clustering.service import ClusteringService
+
+        self.clustering = ClusteringService(
+            self.catalog, self.artifacts, home=self.settings.home, gateway=lambda: self.gateway
+        )
+        clustering_jobs.register(self.jobs, self.clustering, self.settings.staging_dir)
+
+    def submit_clustering(self, items, config=None, *, source=None):  # type: ignore[no-untyped-def]
+        """Queue a clustering run of (item_id, text) pairs as a job; returns the job."""
+        from opentracy.clustering import jobs as clustering_jobs
+
+        return clustering_jobs.submit(
+            self.jobs, self.clustering, self.settings.staging_dir, items, config, source=source
+        )
 
     def __enter__(self) -> Engine:
         return self.start()

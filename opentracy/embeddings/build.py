@@ -57,6 +57,33 @@ def _sha256(path: Path) -> str:
 
 
 @contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the libraries' progress bars and load reports while building (the build logs its own)."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:
+        pass
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        if old is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old
+
+
+@contextlib.contextmanager
 def _locked(root: Path, name: str) -> Iterator[None]:
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{name}.lock", "w") as lock:
@@ -89,9 +116,7 @@ def _versions(*modules: str) -> dict[str, str]:
 
 
 def _finish(tmp: Path, dest: Path, manifest: dict[str, Any]) -> Path:
-    manifest["files"] = {
-        str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
-    }
+    manifest["files"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     (tmp / "build.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     if dest.exists():
         shutil.rmtree(dest)
@@ -125,6 +150,8 @@ def build_onnx(home: str | os.PathLike[str], *, force: bool = False, log: Any = 
         src = minilm_path()
         t0 = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f".{ONNX_NAME}-", dir=root))
+        quiet = contextlib.ExitStack()
+        quiet.enter_context(_quiet())
         try:
             torch.manual_seed(0)
             model = AutoModel.from_pretrained(str(src), attn_implementation="eager").eval()
@@ -182,6 +209,7 @@ def build_onnx(home: str | os.PathLike[str], *, force: bool = False, log: Any = 
             }
             out = _finish(tmp, root / ONNX_NAME, manifest)
         finally:
+            quiet.close()
             shutil.rmtree(tmp, ignore_errors=True)
         log(f"built {out} in {time.perf_counter() - t0:.1f} s")
         return out
@@ -205,6 +233,8 @@ def build_static(
         src = minilm_path()
         t0 = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f".{STATIC_NAME}-", dir=root))
+        quiet = contextlib.ExitStack()
+        quiet.enter_context(_quiet())
         try:
             torch.manual_seed(0)
             model = AutoModel.from_pretrained(str(src))
@@ -222,6 +252,7 @@ def build_static(
             }
             out = _finish(tmp, root / STATIC_NAME, manifest)
         finally:
+            quiet.close()
             shutil.rmtree(tmp, ignore_errors=True)
         log(f"built {out} in {time.perf_counter() - t0:.1f} s")
         return out

@@ -47,7 +47,9 @@ class OnnxEmbedder(Embedder):
                 if not build:
                     from opentracy.errors import InvalidInput
 
-                    raise InvalidInput("the ONNX embedding model is not built: run `opentracy embeddings build`")
+                    raise InvalidInput(
+                        "the ONNX embedding model is not built: run `opentracy embeddings build`"
+                    )
                 found = build_onnx(home, log=lambda _m: None)
             path = found
         self.path = Path(path)

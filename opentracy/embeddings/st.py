@@ -22,7 +22,12 @@ from opentracy.embeddings.onnx import MINILM_COHESION
 
 class SentenceTransformerEmbedder(Embedder):
     def __init__(
-        self, model: str | None = None, *, device: str = "cpu", batch_size: int = 64, threads: int | None = None
+        self,
+        model: str | None = None,
+        *,
+        device: str = "cpu",
+        batch_size: int = 64,
+        threads: int | None = None,
     ) -> None:
         from opentracy.embeddings.build import minilm_path
 

@@ -42,10 +42,8 @@ class NeighbourSmoothing(Reducer):
             return x
         k = min(self.k, n - 1)
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if n <= self.exact_below:
-            nb = _knn(x, np.arange(n), np.arange(n), k)
-        else:
-            nb = self._approximate(x, k)
+        exact = n <= self.exact_below
+        nb = _knn(x, np.arange(n), np.arange(n), k) if exact else self._approximate(x, k)
         out = x + x[nb].sum(1)
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out

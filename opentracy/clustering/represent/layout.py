@@ -1,0 +1,77 @@
+"""2-D coordinates for a map of the clusters and their items.
+
+Cluster centres are laid out by t-SNE on their cosine distances (scikit-learn; a few hundred points take
+well under a second), or by PCA when there are too few of them. Each item is then placed around its
+cluster's centre: its offset from the centre, projected on the cluster's two main directions, scaled so a
+cluster's spread on the map grows with its size but stays within about a third of the distance to its
+nearest neighbouring cluster. The cost is linear in the items; no item-level embedding of millions of
+points (UMAP, t-SNE) is needed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def centre_layout(centres: np.ndarray, seed: int = 0) -> np.ndarray:
+    k = len(centres)
+    if k == 0:
+        return np.zeros((0, 2), dtype=np.float32)
+    if k == 1:
+        return np.zeros((1, 2), dtype=np.float32)
+    if k < 6:
+        c = centres - centres.mean(0)
+        _, _, vt = np.linalg.svd(c, full_matrices=False)
+        xy = c @ vt[:2].T
+        if xy.shape[1] < 2:
+            xy = np.hstack([xy, np.zeros((k, 1))])
+    else:
+        from sklearn.manifold import TSNE
+
+        d = np.clip(1.0 - centres @ centres.T, 0.0, 2.0)
+        np.fill_diagonal(d, 0.0)
+        xy = TSNE(
+            n_components=2,
+            metric="precomputed",
+            init="random",
+            perplexity=float(min(30.0, (k - 1) / 3)),
+            random_state=seed,
+            max_iter=500,
+        ).fit_transform(d)
+    xy = xy - xy.mean(0)
+    scale = np.abs(xy).max() or 1.0
+    return (xy / scale * 10.0).astype(np.float32)  # within [-10, 10]
+
+
+def item_layout(
+    x: np.ndarray, labels: np.ndarray, centres: np.ndarray, centre_xy: np.ndarray, seed: int = 0
+) -> np.ndarray:
+    """Coordinates of every item (label -1: placed by its nearest centre, further out)."""
+    n = len(x)
+    out = np.zeros((n, 2), dtype=np.float32)
+    k = len(centres)
+    if k == 0 or n == 0:
+        return out
+    sizes = np.bincount(labels[labels >= 0], minlength=k).astype(np.float64)
+    if k > 1:
+        dd = np.sqrt(((centre_xy[:, None, :] - centre_xy[None, :, :]) ** 2).sum(-1))
+        np.fill_diagonal(dd, np.inf)
+        room = dd.min(1) / 3.0
+    else:
+        room = np.full(1, 3.0)
+    radius = room * np.sqrt(np.maximum(sizes, 1.0) / max(sizes.max(), 1.0)) ** 0.5
+    rng = np.random.default_rng(seed)
+    for c in range(k):
+        idx = np.flatnonzero(labels == c)
+        if not len(idx):
+            continue
+        off = x[idx] - centres[c]
+        fit = off if len(idx) <= 2000 else off[rng.choice(len(idx), 2000, replace=False)]
+        if len(idx) >= 3:
+            _, _, vt = np.linalg.svd(fit - fit.mean(0), full_matrices=False)
+            p = off @ vt[:2].T
+        else:
+            p = rng.normal(size=(len(idx), 2)) * 0.01
+        spread = np.percentile(np.sqrt((p**2).sum(1)), 95) or 1.0
+        out[idx] = centre_xy[c] + p / spread * radius[c]
+    return out
