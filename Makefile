@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint bench-upload bench-gateway clean
+.PHONY: serve test lint bench-upload bench-gateway bench-clustering clean
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ bench-upload: $(STAMP)
 
 bench-gateway: $(STAMP)
 	$(BIN)/python bench/gateway.py
+
+# --- clustering (issue 6) ---
+bench-clustering: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python bench/clustering.py
 
 clean:
 	rm -rf $(VENV) .opentracy .pytest_cache
