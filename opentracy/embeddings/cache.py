@@ -84,6 +84,9 @@ class EmbeddingCache:
                 [texts[uniq_idx[j]] for j in missing],
                 progress=(lambda d, _t: progress(d, len(missing))) if progress else None,
             )
+            # what is stored (float16) is what is returned, cached or not: a run gives the same vectors
+            # whether its texts were embedded now or before
+            new = np.asarray(new, dtype=np.float16).astype(np.float32)
             self.add(embedder.model_id, [uniq_keys[j] for j in missing], new)
             if vecs.shape[1] != new.shape[1]:
                 vecs = np.zeros((len(uniq_keys), new.shape[1]), dtype=np.float32)

@@ -61,7 +61,7 @@ class SentenceTransformerEmbedder(Embedder):
                 if self.threads:
                     torch.set_num_threads(self.threads)
                 self._st = SentenceTransformer(self.model, device=self.device)
-                self.dims = int(self._st.get_sentence_embedding_dimension() or 0)
+                self.dims = int(self._st.get_embedding_dimension() or 0)
         return self._st
 
     def _embed_batch(self, texts: Sequence[str]) -> np.ndarray:

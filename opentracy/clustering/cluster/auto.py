@@ -57,6 +57,75 @@ def cohesion_by_k(z: np.ndarray, leaf_sums: np.ndarray, n: int) -> np.ndarray:
     return out / max(n, 1)
 
 
+def split_distinct_groups(
+    z: np.ndarray,
+    leaf_sums: np.ndarray,
+    weights: np.ndarray,
+    leaf_labels: np.ndarray,
+    target: float,
+    gap: float,
+) -> tuple[np.ndarray, int]:
+    """Undo merges of two distinct, tight groups that the mean-cohesion cut let through.
+
+    The cut reaches the target on average, so very tight clusters elsewhere can "pay" for one loose merge
+    (two prompt templates, say, each at cohesion 0.93, merged at 0.77). A cluster of the cut whose cohesion
+    is below the target is split into its two subtrees when both are at least `gap` more cohesive than it;
+    the halves are examined the same way. Returns (new leaf labels, number of splits)."""
+    m = len(leaf_sums)
+    if m < 2:
+        return leaf_labels, 0
+    sums = list(np.asarray(leaf_sums, dtype=np.float64))
+    size = list(np.asarray(weights, dtype=np.float64))
+    children: list[tuple[int, int]] = [(-1, -1)] * m
+    for a, b, _h, _c in z:
+        a, b = int(a), int(b)
+        sums.append(sums[a] + sums[b])
+        size.append(size[a] + size[b])
+        children.append((a, b))
+
+    def coh(node: int) -> float:
+        return float(np.linalg.norm(sums[node]) / max(size[node], 1e-12))
+
+    # the tree node of each cluster of the cut: the highest node whose leaves all carry one label
+    label_of = np.full(len(sums), -2, dtype=np.int64)
+    label_of[:m] = leaf_labels
+    for j, (a, b) in enumerate(children[m:], start=m):
+        la, lb = label_of[a], label_of[b]
+        label_of[j] = la if la == lb else -1
+    roots = {}
+    for node in range(len(sums)):
+        if label_of[node] >= 0:
+            roots[int(label_of[node])] = node  # later (higher) nodes overwrite lower ones
+    out = leaf_labels.copy()
+    next_label = int(leaf_labels.max()) + 1
+    splits = 0
+    stack = list(roots.values())
+    while stack:
+        node = stack.pop()
+        if node < m:
+            continue
+        a, b = children[node]
+        c = coh(node)
+        if c < target and coh(a) >= c + gap and coh(b) >= c + gap:
+            leaves_b = _leaves(b, children, m)
+            out[leaves_b] = next_label
+            next_label += 1
+            splits += 1
+            stack += [a, b]
+    return out, splits
+
+
+def _leaves(node: int, children: list[tuple[int, int]], m: int) -> list[int]:
+    out, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        if n < m:
+            out.append(n)
+        else:
+            stack += list(children[n])
+    return out
+
+
 def cut(z: np.ndarray, m: int, k: int) -> np.ndarray:
     """Leaf labels 0..k-1 for the tree cut into k clusters."""
     if m == 1 or k >= m:
@@ -79,7 +148,9 @@ class AutoClusterer(Clusterer):
         sample: int | None = None,
         iters: int = 8,
         seed: int = 0,
+        split_gap: float | None = 0.1,
     ) -> None:
+        self.split_gap = split_gap
         self.target_cohesion = target_cohesion
         self.n_clusters = n_clusters
         self.micro_clusters = micro_clusters
@@ -134,13 +205,21 @@ class AutoClusterer(Clusterer):
             )
             ok = np.flatnonzero(curve >= target)
             k = m - int(ok.max()) if len(ok) else m
-        labels = cut(z, m, k)[micro]
+        leaf_labels = cut(z, m, k)
+        split = 0
+        if not self.n_clusters and self.split_gap:
+            leaf_labels, split = split_distinct_groups(
+                z, leaf_sums, weights, leaf_labels, target, self.split_gap
+            )
+            k = int(leaf_labels.max()) + 1
+        labels = leaf_labels[micro]
         info: dict[str, Any] = {
             "k": int(k),
             "chosen_by": how,
             "target_cohesion": None if target is None else round(float(target), 4),
             "cohesion": round(float(curve[m - k]), 4),
             "micro_clusters": int(m),
+            "split_distinct": split,
             "seconds": {"micro": round(t1 - t0, 3), "tree": round(t2 - t1, 3)},
         }
         return Partition(labels.astype(np.int64), info)
