@@ -125,7 +125,7 @@ def test_cache_embeds_each_distinct_text_once_and_incrementally(engine, shared_m
 def test_cache_compacts_many_shards(engine, shared_models: Path, monkeypatch):
     import opentracy.embeddings.cache as cache_mod
 
-    monkeypatch.setattr(cache_mod, "MAX_SHARDS", 3)
+    monkeypatch.setattr(cache_mod, "TIER_FANOUT", 3)
     cache = EmbeddingCache(engine.catalog, engine.artifacts)
 
     class Fake:
@@ -140,11 +140,12 @@ def test_cache_compacts_many_shards(engine, shared_models: Path, monkeypatch):
 
     f = Fake()
     want = {}
-    for i in range(5):  # 5 calls -> 5 shards -> merged when over 3
+    for i in range(5):  # 5 calls of 4 new texts: a tier of 3 small shards is merged into one
         texts = [f"text {i}-{j}" for j in range(4)]
         for t, v in zip(texts, cache.embed(f, texts), strict=True):
             want[t] = v
-    assert len(cache._shards(f.model_id)) <= 3
+    assert len(cache._shards(f.model_id)) < 3
+    assert cache.count(f.model_id) == 20
     got = EmbeddingCache(engine.catalog, engine.artifacts).lookup(
         f.model_id, [cache_mod.content_key(t) for t in want]
     )

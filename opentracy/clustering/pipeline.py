@@ -209,7 +209,7 @@ class Pipeline:
         if not len(ids):
             empty = np.zeros((0, x.shape[1]), np.float32)
             return np.full(n, -1, np.int64), empty, np.zeros(n, np.float32), np.zeros(0), 0
-        sizes = np.array([(raw == i).sum() for i in ids])
+        sizes = np.bincount(raw[raw >= 0])[ids]
         keep = ids[sizes >= self.min_cluster_size]
         small = int(len(ids) - len(keep))
         order = keep[np.argsort(-sizes[sizes >= self.min_cluster_size], kind="stable")]
@@ -223,8 +223,9 @@ class Pipeline:
         cent = _unit(sums(x[inside], labels[inside], k))
         sim = np.einsum("ij,ij->i", x, cent[np.maximum(labels, 0)]).astype(np.float32)
         thresholds = np.full(k, -1.0)
+        groups = _members(labels, k)
         for c in range(k):
-            s = sim[labels == c]
+            s = sim[groups[c]]
             if len(s) > 2:  # robust spread (median, MAD): one far item cannot hide itself by widening it
                 med = float(np.median(s))
                 mad = float(np.median(np.abs(s - med))) * 1.4826

@@ -5,10 +5,11 @@ and averaging with its nearest neighbours pulls it back, so the clusters found a
 more closely (on Banking77: NMI +0.01 to +0.02 at the same number of clusters, docs/decisions/0022).
 
 Neighbours are exact up to 2,000 items (one blocked matrix product). Above that they are searched the way
-an inverted-file index does it: a coarse k-means into about sqrt(n) cells, and each cell's items look for
-neighbours among the items of the `probe` cells whose centres are nearest to their cell's centre: about
-3 n^1.5 dot products instead of n^2. Above `max_items` (default 300,000) it leaves the vectors as they are
-(the default clusterer's micro-clusters then average hundreds of items each) and says so.
+an inverted-file index does it: a coarse k-means into about 2 sqrt(n) cells; each item searches the
+`probe` cells whose centres are nearest to it (so items on a cell's border look across it), in one
+matrix product per cell: recall 0.98 of the exact 10 neighbours on Banking77, O(n^1.5) work instead of
+n^2. Above `max_items` (default 300,000) it leaves the vectors as they are (the default clusterer's
+micro-clusters then average hundreds of items each) and says so.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class NeighbourSmoothing(Reducer):
         x = np.ascontiguousarray(x, dtype=np.float32)
         exact = n <= self.exact_below
         nb = _knn(x, np.arange(n), np.arange(n), k) if exact else self._approximate(x, k)
-        out = x + x[nb].sum(1)
+        out = x.copy()
+        for j in range(nb.shape[1]):  # one gather per neighbour rank: no n x k x d temporary
+            out += x[nb[:, j]]
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 
@@ -75,7 +78,12 @@ class NeighbourSmoothing(Reducer):
                 continue
             # candidates: every cell that any of these items probes (so each item searches its own nearest
             # cells, not its cell's), plus more cells when that is still too few
-            others = [j for j in np.unique(near[q]) if j != c]
+            # the cells these items probe (above 30,000 items only the 3 x probe most probed ones: recall
+            # 0.98 -> 0.96, 3x faster at 100,000 items)
+            counts = np.bincount(near[q].ravel(), minlength=cells)
+            counts[c] = 0
+            ranked = np.argsort(-counts, kind="stable")[: (3 * probe if n > 30_000 else cells)]
+            others = [int(j) for j in ranked if counts[j] > 0]
             if sum(len(members[j]) for j in others) + len(q) <= k:
                 others = [j for j in np.argsort(-(centres @ centres[c]))[: probe * 4] if j != c]
             cand = np.concatenate([q, *(members[j] for j in others)])
@@ -93,10 +101,10 @@ def _knn(x: np.ndarray, queries: np.ndarray, cand: np.ndarray, k: int) -> np.nda
     if k <= 0:
         out[:] = queries[:, None]
         return out
-    ct = x[cand].T.copy()
+    xc = x[cand]
     for s in range(0, len(queries), BLOCK):
         q = queries[s : s + BLOCK]
-        sim = x[q] @ ct
+        sim = xc[s : s + len(q)] @ xc.T  # the queries are the first rows of cand
         rows = np.arange(len(q))
         sim[rows, rows + s] = -np.inf
         top = np.argpartition(-sim, k - 1, axis=1)[:, :k]

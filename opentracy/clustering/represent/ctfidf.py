@@ -4,8 +4,9 @@ rare across the others (each cluster's texts are treated as one document):
     w(t, c) = tf(t, c) / words(c) * log(1 + A / f(t))
 
 where A is the mean number of words per cluster and f(t) the term's frequency over all clusters. Counting
-uses scikit-learn's CountVectorizer (English stop words, unigrams and bigrams). For large runs each
-cluster contributes at most `per_cluster` texts (a random sample), so the cost is bounded by k x that.
+uses scikit-learn's CountVectorizer (its English stop words plus the filler of requests — "help",
+"need", "thanks", contractions — which says nothing about a task; unigrams and bigrams). For large runs
+each cluster contributes at most `per_cluster` texts (a random sample), so the cost is bounded by k x that.
 """
 
 from __future__ import annotations
@@ -16,6 +17,69 @@ from typing import Any
 import numpy as np
 
 from opentracy.clustering.represent._base import KeywordExtractor
+
+# words of asking, not of the task asked about
+REQUEST_FILLER = frozenset(
+    [
+        "hi",
+        "hello",
+        "hey",
+        "thanks",
+        "thank",
+        "thx",
+        "pls",
+        "plz",
+        "help",
+        "need",
+        "needs",
+        "want",
+        "wants",
+        "wanted",
+        "like",
+        "know",
+        "just",
+        "did",
+        "does",
+        "doing",
+        "don",
+        "dont",
+        "didn",
+        "didnt",
+        "doesn",
+        "doesnt",
+        "isn",
+        "isnt",
+        "wasn",
+        "wasnt",
+        "aren",
+        "arent",
+        "haven",
+        "havent",
+        "hasn",
+        "hasnt",
+        "won",
+        "wont",
+        "wouldn",
+        "couldn",
+        "shouldn",
+        "can't",
+        "cant",
+        "im",
+        "ive",
+        "i'm",
+        "i've",
+        "i'd",
+        "i'll",
+        "ll",
+        "ve",
+        "re",
+        "let",
+        "lets",
+        "ok",
+        "okay",
+        "yes",
+    ]
+)
 
 
 class CTfidfKeywords(KeywordExtractor):
@@ -36,17 +100,21 @@ class CTfidfKeywords(KeywordExtractor):
             return []
         rng = np.random.default_rng(self.seed)
         rows: list[int] = []
+        order = np.argsort(labels, kind="stable")
+        bounds = np.searchsorted(labels[order], np.arange(k + 1))
         for c in range(k):
-            idx = np.flatnonzero(labels == c)
+            idx = np.sort(order[bounds[c] : bounds[c + 1]])
             if len(idx) > self.per_cluster:
                 idx = np.sort(rng.choice(idx, self.per_cluster, replace=False))
             rows.extend(idx.tolist())
         docs = [texts[i] for i in rows]
         lab = labels[rows]
+        from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
         vec = CountVectorizer(
-            stop_words="english",
+            stop_words=sorted(ENGLISH_STOP_WORDS | REQUEST_FILLER),
             ngram_range=self.ngram_range,
-            token_pattern=r"(?u)\b[^\W\d_][\w'-]*[^\W_]\b|\b[^\W\d_]{2,}\b",
+            token_pattern=r"(?u)\b[^\W\d_][\w-]*[^\W_]\b",
             lowercase=True,
             min_df=1,
         )

@@ -52,17 +52,34 @@ def item_layout(
         room = np.full(1, 3.0)
     radius = room * np.sqrt(np.maximum(sizes, 1.0) / max(sizes.max(), 1.0)) ** 0.5
     rng = np.random.default_rng(seed)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(k + 1))
     for c in range(k):
-        idx = np.flatnonzero(labels == c)
+        idx = order[bounds[c] : bounds[c + 1]]
         if not len(idx):
             continue
         off = x[idx] - centres[c]
         fit = off if len(idx) <= 2000 else off[rng.choice(len(idx), 2000, replace=False)]
         if len(idx) >= 3:
-            _, _, vt = np.linalg.svd(fit - fit.mean(0), full_matrices=False)
-            p = off @ vt[:2].T
+            p = off @ _top2(fit - fit.mean(0))
         else:
             p = rng.normal(size=(len(idx), 2)) * 0.01
         spread = np.percentile(np.sqrt((p**2).sum(1)), 95) or 1.0
         out[idx] = centre_xy[c] + p / spread * radius[c]
     return out
+
+
+def _top2(a: np.ndarray) -> np.ndarray:
+    """The two main directions (d x 2) of the rows of `a`, from the smaller of its two Gram matrices
+    (an SVD of a few dozen 384-d rows per cluster cost most of the map's time)."""
+    a = np.asarray(a, dtype=np.float64)
+    if len(a) <= a.shape[1]:
+        w, u = np.linalg.eigh(a @ a.T)
+        top = np.argsort(w)[::-1][:2]
+        v = a.T @ u[:, top] / np.sqrt(np.maximum(w[top], 1e-12))
+    else:
+        w, v = np.linalg.eigh(a.T @ a)
+        v = v[:, np.argsort(w)[::-1][:2]]
+    if v.shape[1] < 2:
+        v = np.hstack([v, np.zeros((a.shape[1], 2 - v.shape[1]))])
+    return v
