@@ -60,10 +60,8 @@ def item_layout(
             continue
         off = x[idx] - centres[c]
         fit = off if len(idx) <= 2000 else off[rng.choice(len(idx), 2000, replace=False)]
-        if len(idx) >= 3:
-            p = off @ _top2(fit - fit.mean(0))
-        else:
-            p = rng.normal(size=(len(idx), 2)) * 0.01
+        tiny = len(idx) < 3  # too few to have main directions: a small jitter around the centre
+        p = rng.normal(size=(len(idx), 2)) * 0.01 if tiny else off @ _top2(fit - fit.mean(0))
         spread = np.percentile(np.sqrt((p**2).sum(1)), 95) or 1.0
         out[idx] = centre_xy[c] + p / spread * radius[c]
     return out
