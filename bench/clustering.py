@@ -251,10 +251,14 @@ def section_banking(args: argparse.Namespace, out: dict[str, Any]) -> None:
                     f"{r['scores_outliers_assigned']['nmi']:7.4f} {r['seconds']['embed']:8.2f} {r['seconds']['total']:8.2f}"
                 )
         if base_runs:
-            speedup = med(base_runs, "seconds", "total") / med(our_runs, "seconds", "total")
-            res["speedup_end_to_end"] = round(speedup, 2)
+            ours_t = med(our_runs, "seconds", "total")
+            first = base_runs[0]["seconds"]["total"]  # what a fresh process pays (numba compiles UMAP)
+            res["speedup_vs_first_baseline"] = round(first / ours_t, 2)
+            res["speedup_vs_median_baseline"] = round(med(base_runs, "seconds", "total") / ours_t, 2)
             print(
-                f"speed-up end to end (median/median): {speedup:.1f}x; int8 vs fp32 cosine {res['int8_vs_fp32_cosine']}"
+                f"speed-up end to end: {res['speedup_vs_first_baseline']:.1f}x against the baseline's first run "
+                f"(fresh process, {first:.1f} s), {res['speedup_vs_median_baseline']:.1f}x against its median "
+                f"of {len(base_runs)}; int8 vs fp32 cosine {res['int8_vs_fp32_cosine']}"
             )
         print(
             "stage seconds (ours, median):",
@@ -389,14 +393,17 @@ def section_scale(args: argparse.Namespace, out: dict[str, Any]) -> None:
 
 
 def section_ingest(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    import tempfile
+
     from opentracy.config import Settings
     from opentracy.embeddings.st import SentenceTransformerEmbedder
     from opentracy.engine import Engine
 
     texts, _ = synthetic(args.ingest_n, seed=7)
-    texts = [f"{t} #{i}" if i % 2 else t for i, t in enumerate(texts)]  # new to the cache
+    texts = [f"{t} #{i}" if i % 2 else t for i, t in enumerate(texts)]
     batch = 256
-    with Engine(Settings.from_env(home=str(HOME / "ingest"))) as engine:
+    fresh = tempfile.mkdtemp(prefix="ingest-", dir=HOME)  # an empty cache: every text is new
+    with Engine(Settings.from_env(home=fresh)) as engine:
         svc = engine.clustering
         svc.embed(["warm up"])
         t = time.perf_counter()
@@ -438,6 +445,7 @@ def main() -> None:
     ap.add_argument("--ingest-n", type=int, default=20_000)
     args = ap.parse_args()
     HOME.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("OPENTRACY_MODELS_DIR", str(HOME / "models"))  # one build for every engine here
     warm_imports(not args.no_baseline)
     out: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(),

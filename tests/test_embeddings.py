@@ -188,3 +188,17 @@ def test_provider_embeddings_retry_server_errors_then_fail_clearly():
         with pytest.raises(LLMError, match="HTTP 400"):
             resolve_embedder("openai/nope", gateway=gw).embed(TEXTS[:2])
         gw.close()
+
+
+def test_cli_builds_and_lists_local_models(shared_models: Path, tmp_path: Path, monkeypatch):
+    from click.testing import CliRunner
+
+    from opentracy.cli import main
+
+    monkeypatch.setenv("OPENTRACY_HOME", str(tmp_path / "home"))
+    r = CliRunner().invoke(main, ["embeddings", "build"])
+    assert r.exit_code == 0, r.output
+    assert ONNX_NAME in r.output and "sha256" in r.output
+    r = CliRunner().invoke(main, ["embeddings", "info"])
+    assert r.exit_code == 0, r.output
+    assert f"{ONNX_NAME}: {shared_models / ONNX_NAME}" in r.output

@@ -221,7 +221,7 @@ class Pipeline:
             return labels, np.zeros((0, x.shape[1]), np.float32), np.zeros(n, np.float32), np.zeros(0), small
         inside = labels >= 0
         cent = _unit(sums(x[inside], labels[inside], k))
-        sim = np.einsum("ij,ij->i", x, cent[np.maximum(labels, 0)]).astype(np.float32)
+        sim = _rowdot(x, cent, np.maximum(labels, 0))
         thresholds = np.full(k, -1.0)
         groups = _members(labels, k)
         for c in range(k):
@@ -234,8 +234,17 @@ class Pipeline:
         labels = np.where(far, -1, labels)
         # centroids of the members that stayed
         cent = _unit(sums(x[labels >= 0], labels[labels >= 0], k))
-        sim = np.einsum("ij,ij->i", x, cent[np.maximum(labels, 0)]).astype(np.float32)
+        sim = _rowdot(x, cent, np.maximum(labels, 0))
         return labels, cent.astype(np.float32), sim, thresholds, small
+
+
+def _rowdot(x: np.ndarray, cent: np.ndarray, labels: np.ndarray, block: int = 65536) -> np.ndarray:
+    """cos(x_i, cent[labels_i]) for every row, in blocks (no n x d temporary)."""
+    out = np.empty(len(x), dtype=np.float32)
+    c32 = cent.astype(np.float32)
+    for s in range(0, len(x), block):
+        out[s : s + block] = np.einsum("ij,ij->i", x[s : s + block], c32[labels[s : s + block]])
+    return out
 
 
 def _unit(s: np.ndarray) -> np.ndarray:

@@ -129,7 +129,7 @@ class OnnxEmbedder(Embedder):
             finally:
                 sessions.put(session)
 
-        batches = [order[s : s + self.batch_size] for s in range(0, n, self.batch_size)]
+        batches = _length_batches(order, lens, self.batch_size)
         done = 0
         for idx, vec in self._pool.map(run, batches):
             out[idx] = vec
@@ -137,3 +137,20 @@ class OnnxEmbedder(Embedder):
             if progress is not None:
                 progress(done, n)
         return normalise(out)
+
+
+def _length_batches(order: np.ndarray, lens: np.ndarray, size: int, slack: float = 1.25) -> list[np.ndarray]:
+    """Consecutive runs of the length-sorted texts, at most `size` long, and cut where a text is more than
+    `slack` x (+2 tokens) longer than the run's first: padding stays under ~25% even when a small call's
+    texts vary in length (with fixed-size batches, calls of 256 texts ran 45% slower than one big call)."""
+    out: list[np.ndarray] = []
+    start = 0
+    n = len(order)
+    while start < n:
+        limit = lens[order[start]] * slack + 2
+        end = start + 1
+        while end < n and end - start < size and lens[order[end]] <= limit:
+            end += 1
+        out.append(order[start:end])
+        start = end
+    return out

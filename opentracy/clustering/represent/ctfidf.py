@@ -86,7 +86,7 @@ class CTfidfKeywords(KeywordExtractor):
     name = "c-tf-idf"
 
     def __init__(
-        self, top: int = 10, ngram_range: tuple[int, int] = (1, 2), per_cluster: int = 1000, seed: int = 0
+        self, top: int = 10, ngram_range: tuple[int, int] = (1, 2), per_cluster: int = 500, seed: int = 0
     ) -> None:
         self.top = top
         self.ngram_range = ngram_range
