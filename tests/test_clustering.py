@@ -378,11 +378,16 @@ def test_bad_items_are_refused_and_nothing_is_stored(engine, items, message):
     assert engine.jobs.list() == []
 
 
-def test_bad_config_is_refused():
+def test_bad_config_is_refused(engine):
     with pytest.raises(ValueError):
         ClusteringConfig(target_cohesion=1.5)
-    with pytest.raises(ValueError):
-        ClusteringConfig(clusterer="spectral")
+    with pytest.raises(InvalidInput, match="clustering config: target_cohesion"):
+        engine.clustering.run([("a", "hi")], {"target_cohesion": 1.5})
+    with pytest.raises(InvalidInput, match="clustering config: clusterer"):
+        engine.submit_clustering([("a", "hi")], {"clusterer": "spectral"})
+    with pytest.raises(InvalidInput, match="needs n_clusters"):
+        engine.clustering.run([("a", "hi")], {"clusterer": "kmeans"})
+    assert engine.jobs.list() == [] and engine.clustering.runs() == []
 
 
 def test_unknown_ids_are_not_found(engine):

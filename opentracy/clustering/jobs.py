@@ -58,9 +58,9 @@ def submit(
     source: dict[str, Any] | None = None,
 ) -> JobInfo:
     """Validate and stage the items, then queue the run as a job (bad input fails here, before a job)."""
-    from opentracy.clustering.service import ClusteringConfig
+    from opentracy.clustering.service import make_config
 
-    cfg = ClusteringConfig(**(config or {}))
+    cfg = make_config(config)
     staged = service.stage_items(items, staging_dir)
     return runner.submit(
         RUN, {"staged": staged, "config": cfg.model_dump(mode="json"), "source": source or {"kind": "items"}}

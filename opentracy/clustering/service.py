@@ -140,6 +140,20 @@ class AssignResult(BaseModel):
     embed: dict[str, Any]
 
 
+def make_config(config: ClusteringConfig | dict[str, Any] | None) -> ClusteringConfig:
+    """A config from a dict (API, job params), with a clear error for a bad field."""
+    if isinstance(config, ClusteringConfig):
+        return config
+    from pydantic import ValidationError
+
+    try:
+        return ClusteringConfig(**(config or {}))
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err.get("loc", ())) or "config"
+        raise InvalidInput(f"clustering config: {where}: {err.get('msg')}") from None
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(6)}"
 
@@ -259,7 +273,7 @@ class ClusteringService:
         """Embed, cluster, name and store. Returns the stored run."""
         import time
 
-        cfg = config if isinstance(config, ClusteringConfig) else ClusteringConfig(**(config or {}))
+        cfg = make_config(config)
         ids, texts = validate_items(items)
         if not ids:
             raise InvalidInput("nothing to cluster: no items given")

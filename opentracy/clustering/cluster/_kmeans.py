@@ -9,7 +9,6 @@ Ward stage then merges) and for large-k assignment; rows are processed in blocks
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 BLOCK = 8192
 
@@ -30,6 +29,8 @@ def nearest(x: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def sums(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Per-label sums of the rows of x (a sparse one-hot product: fast for any n and k)."""
+    import scipy.sparse as sp
+
     n = len(x)
     onehot = sp.csr_matrix((np.ones(n, dtype=np.float32), (labels, np.arange(n))), shape=(k, n))
     return np.asarray(onehot @ x, dtype=np.float64)
