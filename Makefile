@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint bench-upload bench-gateway bench-traces bench-providers bench-curation clean
+.PHONY: serve test lint bench-upload bench-gateway bench-traces bench-providers bench-curation bench-clustering clean
+
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,11 @@ bench-providers: $(STAMP)
 bench-curation: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/curation.py
+
+# --- clustering (issue 6) ---
+bench-clustering: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python bench/clustering.py
 
 clean:
 	rm -rf $(VENV) .opentracy .pytest_cache

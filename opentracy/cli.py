@@ -1074,5 +1074,57 @@ def review_finish(ctx: click.Context, name: str, pending: str | None, no_freeze:
     _warnings(ds)
 
 
+# --- embeddings (issue 6) ---------------------------------------------------------------------------
+# Local commands: they work on the data directory (OPENTRACY_HOME), not through the server.
+
+
+@main.group()
+def embeddings() -> None:
+    """Local embedding models (built here from pip-installed weights, never downloaded)."""
+
+
+@embeddings.command("build")
+@click.option("--static", "static", is_flag=True, help="Also distil the static (model2vec) model.")
+@click.option("--force", is_flag=True, help="Rebuild even if a build exists.")
+def embeddings_build(static: bool, force: bool) -> None:
+    """Build the int8 ONNX export of all-MiniLM-L6-v2 (the default embedder) into the data directory."""
+    from opentracy.config import Settings
+    from opentracy.embeddings.build import build_onnx, build_static, manifest
+
+    home = Settings.from_env().home
+    out = build_onnx(home, force=force, log=click.echo)
+    click.echo(f"{out}  model.onnx sha256 {manifest(out)['files']['model.onnx'][:16]}…")
+    if static:
+        out = build_static(home, force=force, log=click.echo)
+        click.echo(f"{out}  sha256 {manifest(out)['files']['model/model.safetensors'][:16]}…")
+
+
+@embeddings.command("info")
+def embeddings_info() -> None:
+    """Built models and cached vectors per model."""
+    from opentracy.config import Settings
+    from opentracy.embeddings.build import ONNX_NAME, STATIC_NAME, built, manifest
+
+    settings = Settings.from_env()
+    for name in (ONNX_NAME, STATIC_NAME):
+        d = built(settings.home, name)
+        if d is None:
+            click.echo(f"{name}: not built")
+        else:
+            m = manifest(d)
+            click.echo(f"{name}: {d} (built in {m.get('seconds')} s with {m.get('versions')})")
+    from opentracy.embeddings.cache import EmbeddingCache
+    from opentracy.store.artifacts import ArtifactStore
+    from opentracy.store.catalog import Catalog
+
+    catalog = Catalog(settings.database_url)
+    try:
+        cache = EmbeddingCache(catalog, ArtifactStore(settings.artifacts_url))
+        for model, n in sorted(cache.models().items()):
+            click.echo(f"cached: {n:,} vectors of {model}")
+    finally:
+        catalog.dispose()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

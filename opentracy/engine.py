@@ -56,6 +56,7 @@ class Engine:
             self.catalog, self.datasets, self.artifacts, self.jobs, lambda: self.gateway
         )
         self.review = self.curation.review
+        self._init_clustering()
 
     @property
     def gateway(self) -> Gateway:
@@ -107,6 +108,24 @@ class Engine:
             self._gateway.close()
         self.trace_writer.close()  # every trace still queued is written before the catalog closes
         self.catalog.dispose()
+
+    # -- clustering (issue 6) -------------------------------------------------------------------------
+    def _init_clustering(self) -> None:
+        from opentracy.clustering import jobs as clustering_jobs
+        from opentracy.clustering.service import ClusteringService
+
+        self.clustering = ClusteringService(
+            self.catalog, self.artifacts, home=self.settings.home, gateway=lambda: self.gateway
+        )
+        clustering_jobs.register(self.jobs, self.clustering, self.settings.staging_dir)
+
+    def submit_clustering(self, items, config=None, *, source=None):  # type: ignore[no-untyped-def]
+        """Queue a clustering run of (item_id, text) pairs as a job; returns the job."""
+        from opentracy.clustering import jobs as clustering_jobs
+
+        return clustering_jobs.submit(
+            self.jobs, self.clustering, self.settings.staging_dir, items, config, source=source
+        )
 
     def __enter__(self) -> Engine:
         return self.start()

@@ -564,3 +564,48 @@ def _from_payload(
         attempts=0,
         message=p.get("message") or {},
     )
+
+
+# --- embeddings (clustering) --------------------------------------------------------------------------
+
+
+async def _gateway_embed(
+    self: Gateway,
+    model: str,
+    texts: Sequence[str],
+    *,
+    params: dict[str, Any] | None = None,
+    internal: bool = True,
+    timeout: float | None = None,
+    max_retries: int | None = None,
+) -> tuple[list[list[float]], int]:
+    """Embeddings of `texts` from an embeddings model (`openai/text-embedding-3-small`, an alias…), with the
+    same per-provider bound, limits and retries as chat calls: (vectors in order, input tokens). The
+    platform's own calls (`internal=True`, the default here) are not traces. Caching is the caller's
+    (opentracy.embeddings keeps vectors by content hash and model)."""
+    resolved, _alias = self.resolve(model)
+    provider, name = split_model(resolved)
+    ep = self._endpoint(provider)
+    st = self._state()
+    prov = self._provider(st, ep)
+    p = dict(params or {})
+    retries = self.max_retries if max_retries is None else max_retries
+    attempt = 0
+    while True:
+        attempt += 1
+        await self._limiter(st, ep).acquire(sum(len(t) // 4 + 1 for t in texts))
+        async with self._sem(st, ep):
+            try:
+                return await prov.embed(name, texts, p, timeout=timeout or self.timeout)  # type: ignore[attr-defined]
+            except LLMError as e:
+                err = e
+                err.model = resolved
+        if not err.retryable or attempt > retries:
+            raise err
+        wait = err.retry_after
+        if wait is None:
+            wait = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+        await asyncio.sleep(min(wait, self.backoff_max))
+
+
+Gateway.embed = _gateway_embed  # type: ignore[attr-defined]

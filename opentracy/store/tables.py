@@ -291,3 +291,87 @@ class ReviewItemRecord(Base):
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+# --- clustering and embeddings (issue 6) ------------------------------------------------------------
+
+
+class EmbeddingShardRecord(Base):
+    """One Parquet shard of cached embeddings (keys and vectors live in the artifact, not here)."""
+
+    __tablename__ = "embedding_shards"
+    __table_args__ = (Index("ix_embedding_shards_model", "model_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[str] = mapped_column(String(300), nullable=False)
+    key: Mapped[str] = mapped_column(String(400), nullable=False)
+    rows: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    dims: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+class ClusteringRunRecord(Base):
+    """One clustering of a set of items: its inputs, config, embedder, results and artifacts."""
+
+    __tablename__ = "clustering_runs"
+    __table_args__ = (Index("ix_clustering_runs_created", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)  # running | succeeded | failed
+    # What was clustered: {"kind": "items", ...} (the traces store adds its filter here)
+    source: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    embedder: Mapped[str] = mapped_column(String(300), nullable=False)
+    namer: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    n_items: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    n_clusters: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    n_outliers: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    previous_run_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # {"embed": s, "cluster": s, ...}, cohesion, the number of clusters chosen and why
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    # {"assignments": [key, ...], "centroids": key}: the base assignments and each incremental batch
+    artifacts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+class ClusterRecord(Base):
+    """A cluster's lasting identity: re-runs that find the same group (by centroid) keep its id and name."""
+
+    __tablename__ = "clusters"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    description: Mapped[str] = mapped_column(Text, default="", nullable=False)
+    namer: Mapped[str] = mapped_column(String(300), nullable=False)  # keywords | llm:<model> | user
+    first_run_id: Mapped[str] = mapped_column(String(40), nullable=False)
+    last_run_id: Mapped[str] = mapped_column(String(40), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+class RunClusterRecord(Base):
+    """A cluster as one run found it: size, cohesion, keywords, samples, map position."""
+
+    __tablename__ = "clustering_run_clusters"
+    __table_args__ = (Index("ix_run_clusters_cluster", "cluster_id", "run_id"),)
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("clustering_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    cluster_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)  # 0 = largest
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    cohesion: Mapped[float] = mapped_column(Float, nullable=False)
+    # similarity below which a newly assigned item is an outlier of this cluster
+    threshold: Mapped[float] = mapped_column(Float, nullable=False)
+    keywords: Mapped[list[Any]] = mapped_column(JSON, default=list, nullable=False)
+    representatives: Mapped[list[Any]] = mapped_column(JSON, default=list, nullable=False)
+    diverse: Mapped[list[Any]] = mapped_column(JSON, default=list, nullable=False)
+    x: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    y: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
+    # cosine to the matched cluster of the previous run (None: a new cluster)
+    matched_similarity: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -66,3 +66,16 @@ def provider_class(kind: str) -> type[Provider]:
             f"the {kind!r} provider needs an optional dependency ({e.name or e}): pip install 'opentracy[{extra}]'"
         ) from None
     return getattr(module, cls)
+
+
+# --- embeddings (clustering) --------------------------------------------------------------------------
+# A provider that serves embeddings overrides `Provider.embed`; the default says it does not.
+
+
+async def _no_embeddings(
+    self: Provider, model: str, texts: Sequence[str], params: dict[str, Any], *, timeout: float
+) -> tuple[list[list[float]], int]:
+    raise InvalidInput(f"provider {self.endpoint.name!r} ({self.endpoint.kind}) does not serve embeddings")
+
+
+Provider.embed = _no_embeddings  # type: ignore[attr-defined]
