@@ -1126,5 +1126,330 @@ def embeddings_info() -> None:
         catalog.dispose()
 
 
+# --- clusters and the demo (issue 6) -----------------------------------------------------------------
+# `clusters` commands talk to the server like the others; with --local they run the same API in this
+# process on the data directory (OPENTRACY_HOME), no server needed (what `opentracy demo` suggests).
+
+
+def _local_option(f: Any) -> Any:
+    return click.option(
+        "--local", is_flag=True, help="Work on the data directory in this process (no server needed)."
+    )(f)
+
+
+class _LocalClient:
+    """A Distiller over the app in this process (the same routes and code as the server)."""
+
+    def __init__(self) -> None:
+        from starlette.testclient import TestClient
+
+        from opentracy.client import Distiller
+        from opentracy.config import Settings
+        from opentracy.server import create_app
+
+        settings = Settings.from_env()
+        self._http = TestClient(
+            create_app(settings=settings), base_url="http://local", raise_server_exceptions=False
+        )
+        if settings.api_key:
+            self._http.headers["Authorization"] = f"Bearer {settings.api_key}"
+        self._http.__enter__()  # runs the app's startup: the engine starts, resumes its jobs
+        self.client = Distiller(base_url="http://local")
+        self.client._http.close()
+        self.client._http = self._http
+
+    def close(self) -> None:
+        self._http.__exit__(None, None, None)  # shutdown: the engine closes
+
+
+def _cclient(ctx: click.Context, local: bool) -> Any:
+    if not local:
+        return _client(ctx)
+    lc = _LocalClient()
+    ctx.call_on_close(lc.close)
+    return lc.client
+
+
+@main.group()
+def clusters() -> None:
+    """Traces grouped by task: run a clustering, list and show clusters, rename, assign new traces, promote
+    a cluster to a dataset."""
+
+
+def _cluster_table(items: list[Any], limit: int | None = None, samples: int = 2) -> Any:
+    from rich.table import Table
+
+    t = Table(_id_col("cluster"), "name", "traces", "cohesion", "sample prompts", show_lines=samples > 1)
+    for c in items[:limit] if limit else items:
+        t.add_row(
+            c.id,
+            c.name,
+            f"{c.size:,}",
+            f"{c.cohesion:.2f}",
+            "\n".join(_clip(x, 80) for x in _sample_texts(c)[:samples]),
+        )
+    return t
+
+
+def _wide_console() -> Any:
+    """Tables of prompts need room: a terminal's own width, else 150 columns (piped output)."""
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+
+
+def _sample_texts(c: Any) -> list[str]:
+    """Representative prompts of a client `Cluster` or a core `ClusterInfo`."""
+    return list(c.samples) if hasattr(c, "samples") else [s.text for s in c.representatives]
+
+
+def _run_line(r: Any) -> str:
+    src = r.source or {}
+    what = f"{r.n_items:,} traces" if src.get("kind") == "traces" else f"{r.n_items:,} items"
+    f = src.get("filter") or {}
+    flt = f"  filter {json.dumps(f)}" if f else ""
+    return (
+        f"{r.id}  {r.n_clusters} clusters over {what}, {r.outlier_share:.1%} unclustered, "
+        f"named by {r.namer}{flt}"
+    )
+
+
+@clusters.command("run")
+@_trace_filters
+@click.option("--text", type=click.Choice(["last_user", "user", "all"]), default="last_user", show_default=True,
+              help="What of each trace is clustered: its last user message, every user turn, or all messages.")  # fmt: skip
+@click.option("--limit", type=int, default=None, help="At most this many traces (the oldest first).")
+@click.option(
+    "--config", "config_path", default=None, type=click.Path(dir_okay=False), help="A JSON ClusteringConfig."
+)
+@click.option("--embedder", default=None, help="minilm (default), static, st:<model> or provider/model.")
+@click.option("--n-clusters", type=int, default=None, help="Force the number of clusters.")
+@click.option("--target-cohesion", type=float, default=None, help="Finer clusters when higher (0-1).")
+@click.option("--min-cluster-size", type=int, default=None)
+@click.option("--assign-outliers", is_flag=True, help="Give every outlier its nearest cluster.")
+@click.option(
+    "--naming-model",
+    default=None,
+    help="Name clusters with this LLM (default: OPENTRACY_NAMING_MODEL, else keywords).",
+)
+@click.option("--fresh", is_flag=True, help="Do not match the previous run's clusters (new ids).")
+@click.option("--no-wait", is_flag=True, help="Print the job id and return at once.")
+@_local_option
+@click.pass_context
+def clusters_run(ctx: click.Context, text: str, limit: int | None, config_path: str | None, embedder: str | None,
+                 n_clusters: int | None, target_cohesion: float | None, min_cluster_size: int | None,
+                 assign_outliers: bool, naming_model: str | None, fresh: bool, no_wait: bool, local: bool,
+                 **filters: Any) -> None:  # fmt: skip
+    """Cluster the traces matching the filters (all traces by default) by their prompt, as a job."""
+    from opentracy.errors import InvalidInput
+
+    config: dict[str, Any] = {}
+    if config_path:
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError) as e:
+            raise InvalidInput(f"cannot read the config: {e}", file=config_path) from None
+    for k, v in (("embedder", embedder), ("n_clusters", n_clusters), ("target_cohesion", target_cohesion),
+                 ("min_cluster_size", min_cluster_size), ("naming_model", naming_model)):  # fmt: skip
+        if v is not None:
+            config[k] = v
+    if assign_outliers:
+        config["assign_outliers"] = True
+    if fresh:
+        config["previous_run"] = None
+    c = _cclient(ctx, local)
+    got = c.cluster_traces(config, text=text, limit=limit, wait=not no_wait, progress=None if not local else True,
+                           **_filters_of(filters))  # fmt: skip
+    if no_wait:
+        click.echo(got.id)
+        return
+    click.echo(_run_line(got))
+    _wide_console().print(_cluster_table(c.list_clusters(got.id), limit=20))
+
+
+@clusters.command("runs")
+@click.option("--limit", default=20, show_default=True)
+@_local_option
+@click.pass_context
+def clusters_runs(ctx: click.Context, limit: int, local: bool) -> None:
+    """Clustering runs, newest first."""
+    for r in _cclient(ctx, local).clustering_runs(limit):
+        click.echo(f"{r.created_at[:19]}  {_run_line(r)}")
+
+
+@clusters.command("list")
+@click.option("--run", "run_id", default=None, help="A run id (default: the latest run).")
+@click.option("--limit", type=int, default=None, help="Show the largest N.")
+@click.option("--samples", default=2, show_default=True, help="Sample prompts per cluster.")
+@click.option("--json", "as_json", is_flag=True)
+@_local_option
+@click.pass_context
+def clusters_list(ctx: click.Context, run_id: str | None, limit: int | None, samples: int, as_json: bool,
+                  local: bool) -> None:  # fmt: skip
+    """A run's clusters, largest first: size, cohesion, name, sample prompts."""
+    c = _cclient(ctx, local)
+    items = c.list_clusters(run_id)
+    if as_json:
+        click.echo(
+            json.dumps([x.raw for x in items[:limit] if limit] if limit else [x.raw for x in items], indent=2)
+        )
+        return
+    click.echo(_run_line(c.clustering_run(run_id or "latest")), err=True)
+    _wide_console().print(_cluster_table(items, limit=limit, samples=samples))
+
+
+@clusters.command("show")
+@click.argument("cluster_id")
+@click.option("--run", "run_id", default=None)
+@click.option("--members", "n_members", default=10, show_default=True, help="Members to list, closest first.")
+@click.option("--json", "as_json", is_flag=True)
+@_local_option
+@click.pass_context
+def clusters_show(ctx: click.Context, cluster_id: str, run_id: str | None, n_members: int, as_json: bool,
+                  local: bool) -> None:  # fmt: skip
+    """A cluster: name, description, namer, size, cohesion, keywords, samples and members."""
+    c = _cclient(ctx, local)
+    cl = c.get_cluster(cluster_id, run_id)
+    members = c.cluster_members(cluster_id, run_id=cl.run_id, limit=n_members) if n_members else []
+    if as_json:
+        click.echo(json.dumps({**cl.raw, "members": members}, indent=2, default=str))
+        return
+    click.echo(
+        f"{cl.id}  {cl.name}  ({cl.size:,} traces, {cl.share:.1%} of run {cl.run_id}, cohesion {cl.cohesion:.3f})"
+    )
+    click.echo(f"  {cl.description}")
+    click.echo(f"  named by {cl.namer}; keywords: {', '.join(cl.keywords)}")
+    click.echo("  representative:")
+    for x in cl.samples:
+        click.echo(f"    - {_clip(x, 100)}")
+    if cl.diverse:
+        click.echo("  diverse:")
+        for x in cl.diverse:
+            click.echo(f"    - {_clip(x, 100)}")
+    if members:
+        click.echo(f"  members (closest first, {len(members)} of {cl.size:,}):")
+        for m in members:
+            click.echo(f"    {m['item_id']}  {m['similarity']:.3f}  {_clip(m['text'], 80)}")
+
+
+@clusters.command("rename")
+@click.argument("cluster_id")
+@click.argument("name")
+@click.option("--description", default=None)
+@_local_option
+@click.pass_context
+def clusters_rename(
+    ctx: click.Context, cluster_id: str, name: str, description: str | None, local: bool
+) -> None:
+    """Rename a cluster (kept across re-runs)."""
+    cl = _cclient(ctx, local).rename_cluster(cluster_id, name, description)
+    click.echo(f"{cl.id}  {cl.name}")
+
+
+@clusters.command("assign")
+@click.option("--run", "run_id", default="latest", show_default=True)
+@click.option("--limit", default=10_000, show_default=True, help="Traces per call (repeated until done).")
+@_local_option
+@click.pass_context
+def clusters_assign(ctx: click.Context, run_id: str, limit: int, local: bool) -> None:
+    """Put traces stored since a run (matching its filter) into its clusters, without re-running it."""
+    c = _cclient(ctx, local)
+    total = {"new": 0, "assigned": 0, "outliers": 0, "no_text": 0}
+    while True:
+        r = c.assign_traces(run_id, limit=limit)
+        total["assigned"] += r["assigned"]
+        total["outliers"] += r["outliers"]
+        total["no_text"] = max(total["no_text"], r["skipped_no_text"])
+        if r["remaining"] <= 0 or r["assigned"] + r["outliers"] == 0:
+            break
+        click.echo(f"{total['assigned'] + total['outliers']:,} done, {r['remaining']:,} to go", err=True)
+    click.echo(
+        f"{r['run_id']}: {total['assigned']:,} traces assigned to clusters, {total['outliers']:,} outliers"
+        + (f", {total['no_text']:,} without prompt text left out" if total["no_text"] else "")
+    )
+
+
+@clusters.command("promote")
+@click.argument("cluster_id")
+@click.argument("dataset")
+@click.option("--rows", "mode", type=click.Choice(["all", "sample", "closest"]), default=None,
+              help="all (default), sample (N at random) or closest (the N nearest the centre).")  # fmt: skip
+@click.option("-n", "--n", "n", type=int, default=None, help="How many rows, with --rows sample or closest.")
+@click.option("--trace", "trace_ids", multiple=True, help="Promote these traces of the cluster (repeat).")
+@click.option("--run", "run_id", default=None, help="A run id (default: the cluster's latest run).")
+@click.option("--seed", default=0, show_default=True, help="Seed of --rows sample.")
+@click.option("--description", default="")
+@_local_option
+@click.pass_context
+def clusters_promote(ctx: click.Context, cluster_id: str, dataset: str, mode: str | None, n: int | None,
+                     trace_ids: tuple[str, ...], run_id: str | None, seed: int, description: str,
+                     local: bool) -> None:  # fmt: skip
+    """Make DATASET from a cluster's traces (or append them to its active version), with lineage."""
+    if trace_ids and mode:
+        fail("give --rows or --trace, not both", 2)
+    rows: Any = list(trace_ids) if trace_ids else (mode or ("closest" if n else "all"))
+    ds = _cclient(ctx, local).promote_cluster(
+        cluster_id, dataset, rows, n=n, run_id=run_id, seed=seed, description=description
+    )
+    click.echo(_version_line(ds))
+    step = next((p for p in reversed(ds.provenance) if p.get("kind") == "cluster"), {})
+    skipped = step.get("skipped_errors", 0) + step.get("skipped_no_text", 0)
+    click.echo(
+        f"{step.get('added', 0):,} rows added from {step.get('cluster_id')} ({step.get('cluster_name')})"
+        + (f"; {step['already_present']:,} already there" if step.get("already_present") else "")
+        + (f"; {skipped:,} traces without an answer left out" if skipped else "")
+    )
+    _warnings(ds)
+
+
+@main.command("demo")
+@click.option("--split", type=click.Choice(["test", "train", "all"]), default="test", show_default=True,
+              help="Banking77 split: test (3,080 messages), train (10,003) or all (13,083).")  # fmt: skip
+@click.option("--limit", type=int, default=None, help="Use N messages spread over the split (faster).")
+@click.option("--top", default=15, show_default=True, help="Clusters to show.")
+@click.option("--naming-model", default=None, help="Name clusters with this LLM instead of keywords.")
+def demo(split: str, limit: int | None, top: int, naming_model: str | None) -> None:
+    """The fast path on shipped data, no API key, no server: Banking77 → traces → named clusters."""
+    import time
+
+    from opentracy.clustering.demo import run_demo, slug
+    from opentracy.config import Settings
+    from opentracy.engine import Engine
+
+    t0 = time.perf_counter()
+    err = _console(stderr=True)
+
+    def say(m: str) -> None:
+        err.print(f"[dim]{m}[/dim]", soft_wrap=True)
+
+    last = [-1.0]
+
+    def progress(f: float, m: str) -> None:
+        if f - last[0] >= 0.1 or f >= 1.0:
+            last[0] = f
+            say(f"  {f:4.0%}  {m}")
+
+    with Engine(Settings.from_env()) as engine:
+        r = run_demo(engine, split=split, limit=limit, naming_model=naming_model, say=say, progress=progress)
+    run, items = r.run, r.clusters
+    con = _wide_console()
+    con.print(_cluster_table(items, limit=top))
+    more = f"; {len(items) - top} more: opentracy clusters list --local" if len(items) > top else ""
+    con.print(
+        f"{run.n_clusters} clusters over {run.n_items:,} traces, {run.outlier_share:.1%} left unclustered, "
+        f"named by {run.namer}{more}",
+        soft_wrap=True,
+    )
+    con.print(
+        f"done in {time.perf_counter() - t0:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in r.seconds.items() if k != 'total')})",
+        soft_wrap=True,
+    )
+    if items:
+        pick = items[0]
+        con.print("\nPromote a cluster to a dataset (its 50 traces closest to the centre):", soft_wrap=True)
+        click.echo(f"  opentracy clusters promote {pick.id} {slug(pick.name)} --rows closest -n 50 --local")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

@@ -933,6 +933,100 @@ class Distiller:
             return Dataset._from(self, job.result)  # type: ignore[arg-type]
         return self.get_dataset(name, "active")
 
+    # -- clusters (issue 6) ----------------------------------------------------------------------------
+    def cluster_traces(
+        self,
+        config: dict[str, Any] | None = None,
+        *,
+        text: str = "last_user",
+        limit: int | None = None,
+        wait: bool = True,
+        progress: bool | None = None,
+        **filters: Any,
+    ) -> ClusteringRun | Job:
+        """Cluster the traces matching the filters (model=, tags=, since=, until=, where=, q=, …; all traces
+        by default) by their prompt (`text`: "last_user" message, every "user" turn, or "all" messages):
+        embed, cluster, name. `config`: embedder, n_clusters, target_cohesion, min_cluster_size,
+        assign_outliers, naming_model, … Runs as a job; returns the run once done (or the Job, wait=False)."""
+        body = {"filter": _filter_body(filters), "config": config or {}, "text": text, "limit": limit}
+        job = self._job(self._json("POST", "/v1/clusters/runs", json=body))
+        if not wait:
+            return job
+        job = self.wait_job(job.id, progress=progress)
+        return ClusteringRun._from(self, job.result or {})
+
+    def clustering_runs(self, limit: int = 20) -> list[ClusteringRun]:
+        return [
+            ClusteringRun._from(self, r)
+            for r in self._json("GET", "/v1/clusters/runs", params={"limit": limit})["items"]
+        ]
+
+    def clustering_run(self, run_id: str = "latest") -> ClusteringRun:
+        return ClusteringRun._from(self, self._json("GET", f"/v1/clusters/runs/{run_id}"))
+
+    def list_clusters(self, run_id: str | None = None) -> list[Cluster]:
+        """The clusters of a run (default: the latest), largest first."""
+        got = self._json("GET", "/v1/clusters", params={"run_id": run_id} if run_id else {})
+        return [Cluster._from(self, c) for c in got["items"]]
+
+    def get_cluster(self, cluster_id: str, run_id: str | None = None) -> Cluster:
+        params = {"run_id": run_id} if run_id else {}
+        return Cluster._from(self, self._json("GET", f"/v1/clusters/{cluster_id}", params=params))
+
+    def cluster_members(
+        self, cluster_id: str, *, run_id: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        """Items of a cluster (trace ids and texts), closest to its centre first."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset, **({"run_id": run_id} if run_id else {})}
+        return self._json("GET", f"/v1/clusters/{cluster_id}/members", params=params)["items"]
+
+    def cluster_outliers(
+        self, run_id: str | None = None, *, limit: int = 100, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset, **({"run_id": run_id} if run_id else {})}
+        return self._json("GET", "/v1/clusters/outliers", params=params)["items"]
+
+    def cluster_map(self, run_id: str | None = None, *, limit: int = 20_000) -> list[dict[str, Any]]:
+        """2-D map positions of a run's items ({item_id, cluster_id, x, y}), a sample of at most `limit`."""
+        params: dict[str, Any] = {"limit": limit, **({"run_id": run_id} if run_id else {})}
+        return self._json("GET", "/v1/clusters/map", params=params)["items"]
+
+    def rename_cluster(self, cluster_id: str, name: str, description: str | None = None) -> Cluster:
+        body = {"name": name, "description": description}
+        return Cluster._from(self, self._json("PATCH", f"/v1/clusters/{cluster_id}", json=body))
+
+    def assign_traces(self, run_id: str = "latest", *, limit: int | None = 10_000) -> dict[str, Any]:
+        """Put traces stored since a run (matching its filter) into its clusters without re-running it."""
+        return self._json("POST", f"/v1/clusters/runs/{run_id}/assign", json={"limit": limit})
+
+    def ingest_embedding_stats(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/clusters/ingest")
+
+    def promote_cluster(
+        self,
+        cluster_id: str,
+        name: str,
+        rows: str | list[str] = "all",
+        *,
+        n: int | None = None,
+        run_id: str | None = None,
+        seed: int = 0,
+        description: str = "",
+    ) -> Dataset:
+        """Make dataset `name` from a cluster's traces (or append them to its active version): rows="all",
+        "sample" (n at random, `seed`), "closest" (the n nearest the centre) or a list of trace ids. Each row
+        keeps metadata.source_trace_id and metadata.cluster_id; the version's provenance names the run."""
+        body = {
+            "dataset": name,
+            "rows": list(rows) if isinstance(rows, list | tuple) else rows,
+            "n": n,
+            "run_id": run_id,
+            "seed": seed,
+            "description": description,
+        }
+        got = self._json("POST", f"/v1/clusters/{cluster_id}/promote", json=body)
+        return Dataset._from(self, got["version_info"])
+
 
 def _trace_params(**f: Any) -> dict[str, Any]:
     params: dict[str, Any] = {}
@@ -984,3 +1078,113 @@ def _hf_to_parquet(path: str | os.PathLike[str], split: str | None) -> tuple[Pat
         for rb, _ in batches:
             w.write_batch(rb)
     return Path(name), split_used
+
+
+# --- clusters (issue 6) ---------------------------------------------------------------------------------
+
+
+def _filter_body(filters: dict[str, Any]) -> dict[str, Any]:
+    """Client keyword filters as a TraceFilter body (where= is meta; times as ISO 8601)."""
+    f = {k: v for k, v in filters.items() if v is not None}
+    if "where" in f:
+        f["meta"] = f.pop("where") or {}
+    for k in ("since", "until"):
+        if k in f and not isinstance(f[k], str):
+            f[k] = f[k].isoformat()
+    if isinstance(f.get("tags"), str):
+        f["tags"] = [f["tags"]]
+    return f
+
+
+@dataclass
+class Cluster:
+    """A named cluster of a run: size, cohesion, keywords, sample prompts, map position."""
+
+    id: str
+    name: str
+    description: str
+    namer: str
+    size: int
+    share: float
+    cohesion: float
+    keywords: list[str]
+    samples: list[str]  # the most representative prompts, closest to the centre first
+    diverse: list[str]
+    run_id: str
+    x: float
+    y: float
+    new: bool
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    _client: Distiller | None = field(default=None, repr=False)
+
+    @classmethod
+    def _from(cls, client: Distiller, d: dict[str, Any]) -> Cluster:
+        return cls(
+            id=d["id"],
+            name=d["name"],
+            description=d.get("description", ""),
+            namer=d.get("namer", ""),
+            size=d["size"],
+            share=d.get("share", 0.0),
+            cohesion=d.get("cohesion", 0.0),
+            keywords=list(d.get("keywords") or []),
+            samples=[s["text"] for s in d.get("representatives") or []],
+            diverse=[s["text"] for s in d.get("diverse") or []],
+            run_id=d["run_id"],
+            x=d.get("x", 0.0),
+            y=d.get("y", 0.0),
+            new=bool(d.get("new")),
+            raw=d,
+            _client=client,
+        )
+
+    def members(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        assert self._client is not None
+        return self._client.cluster_members(self.id, run_id=self.run_id, limit=limit, offset=offset)
+
+    def promote(self, name: str, rows: str | list[str] = "all", **kw: Any) -> Dataset:
+        assert self._client is not None
+        return self._client.promote_cluster(self.id, name, rows, run_id=self.run_id, **kw)
+
+
+@dataclass
+class ClusteringRun:
+    """One clustering run: what it clustered (`source`: the trace filter and text mode), how, and results."""
+
+    id: str
+    status: str
+    n_items: int
+    n_clusters: int
+    n_outliers: int
+    outlier_share: float
+    embedder: str
+    namer: str | None
+    source: dict[str, Any]
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    job_id: str | None
+    created_at: str
+    _client: Distiller | None = field(default=None, repr=False)
+
+    @classmethod
+    def _from(cls, client: Distiller, d: dict[str, Any]) -> ClusteringRun:
+        return cls(
+            id=d["id"],
+            status=d["status"],
+            n_items=d["n_items"],
+            n_clusters=d["n_clusters"],
+            n_outliers=d["n_outliers"],
+            outlier_share=d.get("outlier_share", 0.0),
+            embedder=d.get("embedder", ""),
+            namer=d.get("namer"),
+            source=d.get("source") or {},
+            config=d.get("config") or {},
+            metrics=d.get("metrics") or {},
+            job_id=d.get("job_id"),
+            created_at=str(d.get("created_at", "")),
+            _client=client,
+        )
+
+    def clusters(self) -> list[Cluster]:
+        assert self._client is not None
+        return self._client.list_clusters(self.id)

@@ -107,6 +107,7 @@ class Engine:
         if self._gateway is not None:
             self._gateway.close()
         self.trace_writer.close()  # every trace still queued is written before the catalog closes
+        self.ingest_embedder.close()  # then embedded (clustering), for a bounded time
         self.catalog.dispose()
 
     # -- clustering (issue 6) -------------------------------------------------------------------------
@@ -118,6 +119,16 @@ class Engine:
             self.catalog, self.artifacts, home=self.settings.home, gateway=lambda: self.gateway
         )
         clustering_jobs.register(self.jobs, self.clustering, self.settings.staging_dir)
+        # traces → clusters (runs over a trace filter, new traces assigned, promote) and embedding at ingest
+        from opentracy.clustering.ingest import IngestEmbedder
+        from opentracy.clustering.traces import TraceClusters
+
+        self.trace_clusters = TraceClusters(
+            self.clustering, self.traces, self.datasets, self.jobs, self.settings.staging_dir
+        )
+        self.trace_clusters.register()
+        self.ingest_embedder = IngestEmbedder(self.trace_clusters)
+        self.traces.on_insert.append(self.ingest_embedder.offer)
 
     def submit_clustering(self, items, config=None, *, source=None):  # type: ignore[no-untyped-def]
         """Queue a clustering run of (item_id, text) pairs as a job; returns the job."""

@@ -47,6 +47,7 @@ Progress = Callable[[float, str], None]
 Items = Sequence[tuple[str, str]]
 
 MAX_TEXT_CHARS = 2000  # sample texts kept in the catalog are cut to this
+MAX_ASSIGNMENT_FILES = 16  # incremental assignment files of a run before they are merged into one
 
 
 class ClusteringConfig(BaseModel):
@@ -198,6 +199,8 @@ class ClusteringService:
         self._gateway = gateway
         self._embedders: dict[str, Embedder] = {}
         self._lock = threading.Lock()
+        self._assign_lock = threading.RLock()
+        self._known: dict[str, tuple[list[str], set[str]]] = {}  # run id -> (assignment keys read, item ids)
 
     # -- pieces ------------------------------------------------------------------------------------
     def gateway(self) -> Any:
@@ -417,12 +420,17 @@ class ClusteringService:
     ) -> AssignResult:
         """Put new items into an existing run's clusters (the latest run by default) without re-running:
         each goes to its nearest centroid, or is an outlier when less similar than that cluster's
-        threshold (unless assign_outliers). Items already in the run are skipped and listed."""
+        threshold (unless assign_outliers). Items already in the run are skipped and listed. Calls are
+        serialised in this process, so two of them never assign one item twice."""
+        with self._assign_lock:
+            return self._assign(items, run_id, assign_outliers=assign_outliers)
+
+    def _assign(self, items: Items, run_id: str | None, *, assign_outliers: bool | None) -> AssignResult:
         ids, texts = validate_items(items)
         run = self._run_record(run_id)
         cfg = ClusteringConfig(**{k: v for k, v in run.config.items() if k in ClusteringConfig.model_fields})
         force = cfg.assign_outliers if assign_outliers is None else assign_outliers
-        known = self._assigned_ids(run)
+        known = self.assigned_ids(run.id)
         skipped = [i for i in ids if i in known]
         keep = [j for j, i in enumerate(ids) if i not in known]
         ids = [ids[j] for j in keep]
@@ -462,7 +470,14 @@ class ClusteringService:
             with self.catalog.session() as s:
                 rec = s.get(ClusteringRunRecord, run.id)
                 assert rec is not None
-                rec.artifacts = {**rec.artifacts, "assignments": [*rec.artifacts.get("assignments", []), key]}
+                keys = [*rec.artifacts.get("assignments", []), key]
+                merged_away: list[str] = []
+                if len(keys) > 1 + MAX_ASSIGNMENT_FILES:
+                    # many small batches (e.g. assignment at ingest): merge the incremental files into one
+                    merged = pa.concat_tables([pq.read_table(self.artifacts.verify(k)) for k in keys[1:]])
+                    merged_away = keys[1:]
+                    keys = [keys[0], self._put_table(merged, "clustering/assignments")]
+                rec.artifacts = {**rec.artifacts, "assignments": keys}
                 rec.n_items += len(ids)
                 rec.n_outliers += int((~inside).sum())
                 rec.updated_at = utcnow()
@@ -470,6 +485,13 @@ class ClusteringService:
                     j = cids.index(r.cluster_id)
                     if counts[j]:
                         r.size += int(counts[j])
+            for k in set(merged_away) - set(keys):
+                self.artifacts.delete(k)
+            with self._lock:
+                cached = self._known.get(run.id)
+                if cached is not None:
+                    cached[1].update(ids)
+                    cached[0][:] = keys
             out = [
                 Assignment(
                     item_id=i,
@@ -645,11 +667,26 @@ class ClusteringService:
         tables = [t.drop_columns([c for c in ("batch",) if c in t.column_names]) for t in tables]
         return pa.concat_tables(tables) if tables else pa.table({})
 
-    def _assigned_ids(self, run: ClusteringRunRecord) -> set[str]:
-        out: set[str] = set()
-        for k in run.artifacts.get("assignments", []):
-            out.update(pq.read_table(self.artifacts.verify(k), columns=["item_id"]).column(0).to_pylist())
-        return out
+    def assigned_ids(self, run_id: str) -> set[str]:
+        """Ids of the items in a run (its own and those assigned since). Kept in memory for the last few
+        runs asked about and read incrementally: only assignment files not seen before are read. The set
+        is shared: read it, do not change it."""
+        run = self._run_record(run_id)
+        keys = list(run.artifacts.get("assignments", []))
+        with self._lock:
+            cached = self._known.get(run.id)
+            if cached is not None and cached[0] == keys[: len(cached[0])] and len(cached[0]) <= len(keys):
+                seen, ids = cached
+                new = keys[len(seen) :]
+            else:
+                ids, new = set(), keys
+        for k in new:
+            ids.update(pq.read_table(self.artifacts.verify(k), columns=["item_id"]).column(0).to_pylist())
+        with self._lock:
+            self._known[run.id] = (keys, ids)
+            while len(self._known) > 4:
+                self._known.pop(next(iter(self._known)))
+        return ids
 
     def _place(self, run_id: str, vectors: np.ndarray, idx: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         """Map positions of newly assigned items: next to their cluster's position on the map, offset by

@@ -113,4 +113,9 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     from opentracy.server.routers import curation
 
     app.include_router(curation.router, prefix="/v1", dependencies=[Depends(check_api_key)])
+
+    # clusters: runs over traces, clusters, assign, promote (issue 6)
+    from opentracy.server.routers import clusters
+
+    app.include_router(clusters.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     return app

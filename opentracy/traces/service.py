@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import operator
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,6 +62,9 @@ class TraceService:
     def __init__(self, catalog: Catalog, pricing: Any = None) -> None:
         self.catalog = catalog
         self.pricing = pricing
+        # Called with the rows each insert stored (e.g. clustering embeds them at ingest); must be quick and
+        # must not raise. Fired after the commit, or, for a caller's own transaction (imports), before it.
+        self.on_insert: list[Callable[[list[dict[str, Any]]], None]] = []
 
     # -- writes ------------------------------------------------------------------------------------
     def parse(self, body: bytes | str | list[Any] | dict[str, Any]) -> list[TraceIn]:
@@ -138,7 +141,23 @@ class TraceService:
             return [], 0
         if conn is None:
             with self.catalog.engine.begin() as c:
-                return self.insert_rows(rows, c)
+                got = self._insert_rows(rows, c)
+            self._notify(got[0])
+            return got
+        got = self._insert_rows(rows, conn)
+        self._notify(got[0])
+        return got
+
+    def _notify(self, new: list[dict[str, Any]]) -> None:
+        for fn in self.on_insert if new else ():
+            try:
+                fn(new)
+            except Exception:  # a listener's bug must not fail an insert that succeeded
+                import logging
+
+                logging.getLogger("opentracy.traces").exception("an on_insert listener failed")
+
+    def _insert_rows(self, rows: list[dict[str, Any]], conn: Any) -> tuple[list[dict[str, Any]], int]:
         ids = [r["id"] for r in rows]
         existing: set[str] = set()
         for k in range(0, len(ids), CHUNK):
