@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from opentracy.datasets.from_traces import row_of
-from opentracy.errors import InvalidInput, NotFound
+from opentracy.errors import Conflict, InvalidInput, NotFound
 from opentracy.traces.service import TraceFilter
 
 ROW_MODES = ("all", "sample", "closest")
@@ -151,7 +151,10 @@ def promote_cluster(
         datasets.create(name, description or f"{cluster.name}: promoted from cluster {cluster_id}")
         created = True
     try:
-        active = datasets.version(name, "active")  # a frozen latest version: Conflict, with what to do
+        try:
+            active = datasets.version(name, "active")
+        except NotFound as e:  # the dataset exists, its latest version is frozen
+            raise Conflict(f"{e.message}; then promote the cluster into it") from None
         present: set[str] = set()
         row_ids = [r["row_id"] for r in new_rows]
         for k in range(0, len(row_ids), 1000):
