@@ -90,7 +90,10 @@ def test_trace_text_is_the_last_user_message_without_the_system_prompt():
     assert trace_text(req, "user") == "Where is my invoice for March?\nAnd the one for April?"
     full = trace_text(req, "all")
     assert full.startswith("You are a helpful assistant") and full.endswith("And the one for April?")
-    assert len(full) == 2000  # cut: the embedder reads ~1,000 characters anyway
+    assert full == "\n".join([req["messages"][0]["content"].strip(), "Where is my invoice for March?", "Here it is.",
+                              "And the one for April?"])  # fmt: skip
+    long = {"messages": [{"role": "user", "content": "word " * 1000}]}
+    assert len(trace_text(long)) == 2000  # cut: the embedder reads ~1,000 characters anyway
     # no user message: the last non-assistant one (a tool result); nothing at all: ""
     tool = {"messages": [{"role": "system", "content": "s"}, {"role": "tool", "content": "42 rows"}]}
     assert trace_text(tool) == "42 rows"

@@ -110,6 +110,8 @@ def run_demo(
 ) -> DemoResult:
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
+    # the run below embeds these traces at once: embedding them at ingest too would do the work twice
+    engine.ingest_embedder.mode = "off"
     tr = traces(split, limit)
     say(
         f"loading {len(tr):,} Banking77 customer messages ({split} split) as traces into {engine.settings.home}"
