@@ -44,5 +44,9 @@ bench-clustering: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/clustering.py
 
+.PHONY: bench-cluster-traces
+bench-cluster-traces: $(STAMP)
+	$(BIN)/python bench/cluster_traces.py
+
 clean:
 	rm -rf $(VENV) .opentracy .pytest_cache
