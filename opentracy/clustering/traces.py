@@ -127,10 +127,11 @@ class TraceClusters:
         conds: Sequence[Any] = (),
         limit: int | None = None,
         batch: int = 5000,
+        ids_only: bool = False,
     ) -> Iterator[list[tuple[str, bytes | str]]]:
         """(trace_id, request JSON) of the matching traces, oldest first, a batch at a time: two columns, not
         whole traces (decoding every trace's response and metadata cost more than embedding-free work
-        should)."""
+        should). `ids_only`: the request is not read ("" in its place)."""
         base = [*self.traces._conds(f), *conds]
         last: tuple[Any, str] | None = None
         n = 0
@@ -140,7 +141,7 @@ class TraceClusters:
                 where.append(or_(T.c.started_at > last[0], and_(T.c.started_at == last[0], T.c.id > last[1])))
             size = batch if limit is None else min(batch, limit - n)
             q = (
-                select(T.c.id, T.c.request, T.c.started_at)
+                select(T.c.id, T.c.started_at if ids_only else T.c.request, T.c.started_at)
                 .where(*where)
                 .order_by(T.c.started_at, T.c.id)
                 .limit(size)
@@ -151,7 +152,7 @@ class TraceClusters:
                 return
             n += len(rows)
             last = (rows[-1][2], rows[-1][0])
-            yield [(r[0], r[1]) for r in rows]
+            yield [(r[0], "" if ids_only else r[1]) for r in rows]
             if len(rows) < size:
                 return
 
@@ -164,8 +165,10 @@ class TraceClusters:
         limit: int | None = None,
         progress: Callable[[int], None] | None = None,
         skip: set[str] | None = None,
+        max_items: int | None = None,
     ) -> tuple[list[tuple[str, str]], list[str]]:
-        """((trace_id, text) pairs, ids of traces without text) for the matching traces."""
+        """((trace_id, text) pairs, ids of traces without text) for the matching traces (`skip`: ids to
+        leave out; `max_items`: stop once that many pairs are collected)."""
         if text not in TEXT_MODES:
             raise InvalidInput(f"text must be one of {', '.join(TEXT_MODES)}, not {text!r}")
         out: list[tuple[str, str]] = []
@@ -177,6 +180,8 @@ class TraceClusters:
                 t = trace_text(req, text)
                 if t:
                     out.append((tid, t))
+                    if max_items is not None and len(out) >= max_items:
+                        return out, empty
                 else:
                     empty.append(tid)
             if progress is not None:
@@ -329,16 +334,24 @@ class TraceClusters:
         conds = [T.c.created_at >= since]
         with self._assign_lock:
             known = self.service.assigned_ids(run.id)
-            items, empty = self.items(f, src.get("text") or "last_user", conds=conds, skip=known)
-            take = items if limit is None else items[:limit]
+            take, empty = self.items(
+                f, src.get("text") or "last_user", conds=conds, skip=known, max_items=limit
+            )
             res: AssignResult | None = self.service.assign(take, run.id) if take else None
+            # how many wait: ids only, the texts of the rest are not read now
+            waiting = 0
+            if limit is not None and len(take) >= limit:
+                known = self.service.assigned_ids(run.id)
+                empty_ids = set(empty)
+                for rows in self.read(f, conds=conds, ids_only=True):
+                    waiting += sum(1 for tid, _ in rows if tid not in known and tid not in empty_ids)
         return TraceAssignResult(
             run_id=run.id,
-            new_traces=len(items) + len(empty),
+            new_traces=len(take) + len(empty) + waiting,
             assigned=res.assigned if res else 0,
             outliers=res.outliers if res else 0,
             skipped_no_text=len(empty),
-            remaining=len(items) - len(take),
+            remaining=waiting,
             embed=res.embed if res else {},
         )
 
