@@ -57,6 +57,7 @@ class Engine:
         )
         self.review = self.curation.review
         self._init_clustering()
+        self._init_generation()
 
     @property
     def gateway(self) -> Gateway:
@@ -125,6 +126,20 @@ class Engine:
 
         return clustering_jobs.submit(
             self.jobs, self.clustering, self.settings.staging_dir, items, config, source=source
+        )
+
+    # -- synthetic generation (issue 7) -------------------------------------------------------------------
+    def _init_generation(self) -> None:
+        from opentracy.distillation.generation.service import GenerationService
+
+        self.generation = GenerationService(
+            self.catalog,
+            self.datasets,
+            self.artifacts,
+            self.jobs,
+            lambda: self.gateway,
+            self.pricing,
+            self.settings.staging_dir,
         )
 
     def __enter__(self) -> Engine:

@@ -113,4 +113,9 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
     from opentracy.server.routers import curation
 
     app.include_router(curation.router, prefix="/v1", dependencies=[Depends(check_api_key)])
+
+    # synthetic generation (issue 7)
+    from opentracy.server.routers import generation
+
+    app.include_router(generation.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     return app
