@@ -44,5 +44,10 @@ bench-clustering: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/clustering.py
 
+# --- generation (issue 7) ---
+.PHONY: bench-generation
+bench-generation: $(STAMP)
+	$(BIN)/python bench/generation.py
+
 clean:
 	rm -rf $(VENV) .opentracy .pytest_cache

@@ -4,6 +4,7 @@ judge and dedup filter, jobs, the datasets store), and through the faces (HTTP A
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -505,3 +506,35 @@ def test_client_and_cli(gen, client, script, tmp_path):
     r = CliRunner().invoke(main, ["--url", url, "generate", "x", str(tmp_path / "none.txt"), "--teacher", TEACHER],
                            env=CLEAN_ENV)  # fmt: skip
     assert r.exit_code != 0 and "no such file" in r.output
+
+
+def test_progress_per_phase_and_cancel(engine, tmp_path):
+    prompts = [f"Write a docstring for g{i}(x)." for i in range(12)]
+    with MockLLM(script=Script(), latency_ms=30) as m:
+        gen = point_at(engine, m)
+        job = gen.generation.submit(
+            "docs", seeds_file(tmp_path, prompts), {"teacher": TEACHER, "concurrency": 2}
+        )
+        seen: list[tuple[float, str]] = []
+        while not (info := gen.jobs.get(job.id)).done:
+            seen.append((info.progress, info.message))
+            time.sleep(0.02)
+        assert info.status == "succeeded"
+        phases = [msg.split(":")[0] for _, msg in seen if ":" in msg]
+        assert "generate" in phases and "judge" in phases
+        assert phases.index("generate") < phases.index("judge")
+        assert [p for p, _ in seen] == sorted(p for p, _ in seen)  # it only moves forward
+        assert any(msg.startswith("generate: ") and " of 48 samples, $" in msg for _, msg in seen)
+        # cancel mid-generation: nothing is written, the staged file is removed
+        job = gen.generation.submit("docs2", seeds_file(tmp_path, [p + "!" for p in prompts]),
+                                    {"teacher": TEACHER, "concurrency": 1})  # fmt: skip
+        deadline = time.monotonic() + 30
+        while gen.jobs.get(job.id).progress < 0.05:  # a few samples in
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        gen.jobs.cancel(job.id)
+        info = gen.jobs.wait(job.id, 30)
+        assert info.status == "cancelled"
+    with pytest.raises(errors.NotFound):
+        gen.datasets.get("docs2")
+    assert list(gen.settings.staging_dir.iterdir()) == []
