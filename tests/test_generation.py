@@ -136,6 +136,8 @@ def test_top_k_and_threshold(gen, script, tmp_path):
     got = [(r.prompt, r.metadata["sample"], r.metadata["judge_score"]) for r in rows(gen)]
     # top 2 per prompt, best first; P[2]'s best scores 0.5 < 0.7: nothing kept for it
     assert got == [(P[0], 0, 1.0), (P[0], 1, 0.75), (P[1], 2, 1.0), (P[1], 0, 0.75)]
+    assert gen.datasets.version("docs").provenance[-1]["config"]["judge"]["threshold"] == 0.7
+    assert rows(gen)[0].metadata["judge"]["threshold"] == 0.7
     assert rep["dropped"] == {"below_threshold": 7, "not_selected": 1}
     assert rep["prompts_with_rows"] == 2
     accounted(rep)

@@ -129,6 +129,10 @@ class GenerationConfig(BaseModel):
             )
         if self.judge is None and self.threshold is not None:
             raise ValueError("a threshold needs a judge")
+        if self.judge is not None and self.threshold is not None and self.judge.threshold != self.threshold:
+            self.judge = self.judge.model_copy(
+                update={"threshold": self.threshold}
+            )  # one threshold, recorded once
         if isinstance(self.keep, int) and self.keep > self.n_samples:
             raise ValueError(f"keep={self.keep} is more than n_samples={self.n_samples}")
         return self
