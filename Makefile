@@ -44,6 +44,11 @@ bench-clustering: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/clustering.py
 
+# --- generation (issue 7) ---
+.PHONY: bench-generation
+bench-generation: $(STAMP)
+	$(BIN)/python bench/generation.py
+
 .PHONY: bench-cluster-traces
 bench-cluster-traces: $(STAMP)
 	$(BIN)/python bench/cluster_traces.py

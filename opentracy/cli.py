@@ -1126,6 +1126,228 @@ def embeddings_info() -> None:
         catalog.dispose()
 
 
+# --- synthetic generation (issue 7) -------------------------------------------------------------------
+
+
+def _money(v: Any) -> str:
+    return "unknown" if v is None else f"${v:.4f}"
+
+
+def _estimate_lines(e: dict[str, Any]) -> list[str]:
+    lines = [
+        f"estimate: {e['prompts']:,} prompts x {e['n_samples']} samples = {e['samples']:,} teacher calls"
+    ]
+    for role in ("teacher", "judge"):
+        x = e.get(role)
+        if x:
+            hi = f" (at most {_money(x['cost_usd_max'])})" if x.get("cost_usd_max") is not None else ""
+            lines.append(
+                f"  {role} {x['model']}: {x['calls']:,} calls, ~{x['input_tokens']:,} in / ~{x['output_tokens']:,} "
+                f"out tokens, {_money(x['cost_usd'])}{hi}"
+            )
+    total = f"  total {_money(e['cost_usd'])}"
+    if e.get("max_cost_usd") is not None:
+        total += f" (cap ${e['max_cost_usd']}: {'within' if e.get('within_cap') else 'over; the cap will stop it'})"
+    lines.append(total)
+    a = e.get("assumptions") or {}
+    lines.append(
+        f"  assuming {a.get('teacher_output_tokens')} output tokens an answer; duplicates and cached answers cost less"
+    )
+    return lines
+
+
+def _generation_lines(run: dict[str, Any]) -> list[str]:
+    r = run["report"]
+    s = r["samples"]
+    lines = [
+        f"generation {run['id']} → {run['output']}: {r['prompts']:,} prompts, {s['requested']:,} samples asked, "
+        f"{s['generated']:,} generated, {r['kept']:,} kept",
+    ]
+    if r["dropped"]:
+        lines.append("  dropped: " + ", ".join(f"{k} {v:,}" for k, v in r["dropped"].items()))
+    t = r["teacher"]
+    lines.append(f"  teacher {t['model']}: {t['calls']:,} answers ({t['cached']:,} cached), {t['errors']:,} failed, "
+                 f"{t['input_tokens'] + t['output_tokens']:,} tokens, {_money(t['cost_usd'])}")  # fmt: skip
+    j = r.get("judge")
+    if j:
+        lines.append(f"  judge {j['model']}: {j['calls']:,} scores ({j['cached']:,} cached), {j['errors']:,} failed, "
+                     f"mean {j.get('mean_score')}, {j['input_tokens'] + j['output_tokens']:,} tokens, "
+                     f"{_money(j['cost_usd'])}")  # fmt: skip
+    lines.append(
+        f"  cost {_money(r['cost_usd'])} ({_money(r['cached_cost_usd'])} of it answered by the cache)"
+    )
+    if r.get("stopped_by"):
+        lines.append(f"  stopped by the spending cap (${r['max_cost_usd']}) in the {r['stopped_in']} phase; the "
+                     f"{r['prompts_generated']:,} prompts started were finished")  # fmt: skip
+    return lines
+
+
+@main.command("generate")
+@click.argument("name")
+@click.argument("prompts", type=click.Path(dir_okay=False))
+@click.option("--teacher", required=True, help="Teacher model (provider/model or an alias).")
+@click.option(
+    "-n", "--samples", "n_samples", type=int, default=4, show_default=True, help="Answers per prompt."
+)
+@click.option("--judge", default=None, help="Judge model (default openai/gpt-4o-mini).")
+@click.option(
+    "--no-judge", is_flag=True, help="Keep every answer that passes the error and duplicate checks."
+)
+@click.option("--keep", default=None, help="best (default), all, or a number of answers per prompt.")
+@click.option(
+    "--threshold", type=float, default=None, help="Judge score below which answers are dropped (0-1)."
+)
+@click.option("--temperature", type=float, default=None)
+@click.option("--max-tokens", type=int, default=None, help="Teacher max_tokens.")
+@click.option("--system", default=None, help="System prompt for every seed.")
+@click.option("--template", default=None, help="Prompt template with {column} variables.")
+@click.option("--format", "fmt", type=click.Choice(["txt", "jsonl", "csv"]), default=None)
+@click.option("--prompt-field", default=None, help="Field / column holding the prompt (default: prompt).")
+@click.option("--max-cost", type=float, default=None, help="Spending cap in USD (teacher + judge).")
+@click.option("--mode", type=click.Choice(["append", "replace"]), default=None,
+              help="When NAME exists: append to its latest rows (default) or replace them, in its next version.")  # fmt: skip
+@click.option("--no-dedupe", is_flag=True, help="Judge identical answers separately.")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False), help="A JSON config.")
+@click.option("--estimate", "estimate_only", is_flag=True, help="Print the cost estimate and stop.")
+@click.option("--no-wait", is_flag=True, help="Print the job id and return at once.")
+@click.pass_context
+def generate_cmd(
+    ctx: click.Context,
+    name: str,
+    prompts: str,
+    teacher: str,
+    n_samples: int,
+    judge: str | None,
+    no_judge: bool,
+    keep: str | None,
+    threshold: float | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    system: str | None,
+    template: str | None,
+    fmt: str | None,
+    prompt_field: str | None,
+    max_cost: float | None,
+    mode: str | None,
+    no_dedupe: bool,
+    config_path: str | None,
+    estimate_only: bool,
+    no_wait: bool,
+) -> None:
+    """Generate dataset NAME from the seed prompts in PROMPTS: the teacher answers each prompt N times, the
+    judge keeps the best."""
+    from opentracy.errors import InvalidInput
+
+    config: dict[str, Any] = {}
+    if config_path:
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError) as e:
+            raise InvalidInput(f"cannot read the config: {e}", file=config_path) from None
+    opts: dict[str, Any] = dict(
+        keep=keep, threshold=threshold, temperature=temperature, max_tokens=max_tokens, system=system,
+        prompt_template=template, format=fmt, prompt_field=prompt_field, max_cost_usd=max_cost, mode=mode,
+        dedupe=False if no_dedupe else None,
+    )  # fmt: skip
+    c = _client(ctx)
+    j: Any = False if no_judge else judge
+    if estimate_only:
+        est = c.estimate_generation(prompts, teacher, n_samples, j, config=config, **opts)
+        for line in _estimate_lines(est):
+            click.echo(line)
+        return
+    got = c.generate_dataset(name, prompts, teacher, n_samples, j, config=config, wait=not no_wait, progress=True,
+                             **opts)  # fmt: skip
+    if no_wait:
+        click.echo(got.id)
+        return
+    click.echo(_version_line(got))
+    for line in _generation_lines(c.generation_report(name)):
+        click.echo(line)
+    _warnings(got)
+
+
+@main.group()
+def generation() -> None:
+    """Generation runs: reports and every sample with its outcome."""
+
+
+@generation.command("runs")
+@click.argument("name")
+@click.pass_context
+def generation_runs(ctx: click.Context, name: str) -> None:
+    """Every generation run of NAME."""
+    from rich.table import Table
+
+    t = Table(
+        _id_col("run"),
+        "output",
+        "prompts",
+        "asked",
+        "kept",
+        "teacher",
+        "judge",
+        "cost $",
+        "stopped",
+        "created",
+    )
+    for r in _client(ctx).generation_runs(name):
+        rep = r["report"]
+        t.add_row(
+            r["id"], r["output"], f"{rep['prompts']:,}", f"{rep['samples']['requested']:,}", f"{rep['kept']:,}",
+            rep["teacher"]["model"], (rep.get("judge") or {}).get("model") or "-",
+            f"{rep['cost_usd_priced']:.4f}", rep.get("stopped_by") or "", r["created_at"][:19],
+        )  # fmt: skip
+    _console().print(t)
+
+
+@generation.command("report")
+@click.argument("name")
+@click.option("--run", "run_id", default="latest", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def generation_report(ctx: click.Context, name: str, run_id: str, as_json: bool) -> None:
+    """The report of a run: samples asked, generated, kept, dropped per rule; tokens and cost."""
+    run = _client(ctx).generation_report(name, run_id)
+    if as_json:
+        click.echo(json.dumps(run, indent=2))
+        return
+    for line in _generation_lines(run):
+        click.echo(line)
+
+
+@generation.command("samples")
+@click.argument("name")
+@click.option("--run", "run_id", default="latest", show_default=True)
+@click.option("--outcome", type=click.Choice(["kept", "dropped"]), default=None)
+@click.option(
+    "--rule", default=None, help="e.g. below_threshold, not_selected, near_duplicate, teacher_error."
+)
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSONL.")
+@click.pass_context
+def generation_samples(ctx: click.Context, name: str, run_id: str, outcome: str | None, rule: str | None, limit: int,
+                       as_json: bool) -> None:  # fmt: skip
+    """Samples of a run, with their outcome and reason."""
+    it = _client(ctx).generation_samples(
+        name, run_id=run_id, outcome=outcome, rule=rule, page_size=min(limit, 1000)
+    )
+    rows = [r for _, r in zip(range(limit), it, strict=False)]
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    t = Table("line", "sample", "outcome", "reason", "score", "response")
+    for r in rows:
+        score = "" if r["score"] is None else f"{r['score']:.2f}"
+        t.add_row(str(r["seed_line"]), str(r["sample"]), r["outcome"], _clip(r["reason"] or "", 50), score,
+                  _clip(r["response"] or "", 40))  # fmt: skip
+    _console().print(t)
+
+
 # --- clusters and the demo (issue 6) -----------------------------------------------------------------
 # `clusters` commands talk to the server like the others; with --local they run the same API in this
 # process on the data directory (OPENTRACY_HOME), no server needed (what `opentracy demo` suggests).

@@ -933,6 +933,137 @@ class Distiller:
             return Dataset._from(self, job.result)  # type: ignore[arg-type]
         return self.get_dataset(name, "active")
 
+    # -- synthetic generation (issue 7) ------------------------------------------------------------
+    def _generation_request(
+        self, prompts_path: str | os.PathLike[str], config: dict[str, Any] | None, **options: Any
+    ) -> tuple[Path, dict[str, str]]:
+        from opentracy.distillation.generation.config import GenerationConfig
+
+        p = Path(prompts_path)
+        if not p.is_file():
+            raise errors.InvalidInput("no such file", file=str(prompts_path))
+        cfg = GenerationConfig.build(config, **options).model_dump(mode="json")
+        import json
+
+        return p, {"config": json.dumps(cfg)}
+
+    def generate_dataset(
+        self,
+        name: str,
+        prompts_path: str | os.PathLike[str],
+        teacher: str,
+        n_samples: int = 4,
+        judge: str | bool | dict[str, Any] | None = None,
+        *,
+        keep: str | int | None = None,
+        threshold: float | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        params: dict[str, Any] | None = None,
+        system: str | None = None,
+        prompt_template: str | None = None,
+        format: str | None = None,
+        prompt_field: str | None = None,
+        metadata_fields: list[str] | None = None,
+        max_cost_usd: float | None = None,
+        dedupe: bool | float | dict[str, Any] | None = None,
+        mode: str | None = None,
+        concurrency: int | None = None,
+        description: str | None = None,
+        config: dict[str, Any] | None = None,
+        wait: bool = True,
+        progress: bool | None = None,
+    ) -> Dataset | Job:
+        """Generate a dataset from seed prompts: `teacher` answers each prompt `n_samples` times, identical and
+        near-identical answers are collapsed, `judge` (default openai/gpt-4o-mini; False: none, with
+        keep="all") scores the rest, and the best per prompt (`keep="best"`, or the top k with `keep=k`, or
+        "all") scoring at least `threshold` become rows.
+
+        `prompts_path`: a text file (one prompt a line), JSONL (`prompt`, optional `system` and `metadata`)
+        or CSV (a `prompt` column; other columns become metadata); `prompt_template="... {column} ..."`
+        builds prompts from the columns instead. The file's content is sent to the server (it never reads a
+        path you name). `max_cost_usd` caps teacher + judge spending: the job then stops cleanly and keeps the
+        prompts it finished. A new dataset is created, or an existing one gets its next version (`mode`:
+        "append" the new rows to its latest rows, or "replace" them). Returns the `Dataset` once done, or the
+        `Job` with `wait=False`; `generation_report(name)` has the report."""
+        p, data = self._generation_request(
+            prompts_path, config, teacher=teacher, n_samples=n_samples, judge=judge, keep=keep,
+            threshold=threshold, temperature=temperature, max_tokens=max_tokens, params=params, system=system,
+            prompt_template=prompt_template, format=format, prompt_field=prompt_field,
+            metadata_fields=metadata_fields, max_cost_usd=max_cost_usd, dedupe=dedupe, mode=mode,
+            concurrency=concurrency, description=description,
+        )  # fmt: skip
+        with open(p, "rb") as f:
+            resp = self._request(
+                "POST",
+                f"/v1/datasets/{name}/generate",
+                files={"file": (p.name, f, "application/octet-stream")},
+                data=data,
+                timeout=httpx.Timeout(None, connect=10.0),
+            )
+        job = self._job(resp.json())
+        if not wait:
+            return job
+        job = self.wait_job(job.id, progress=progress)
+        return Dataset._from(self, job.result["version"])  # type: ignore[index]
+
+    def estimate_generation(
+        self,
+        prompts_path: str | os.PathLike[str],
+        teacher: str,
+        n_samples: int = 4,
+        judge: str | bool | dict[str, Any] | None = None,
+        *,
+        config: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """What `generate_dataset` with the same arguments would cost, without running it: prompts × samples
+        × expected tokens × price, for the teacher and the judge (`cost_usd`; `cost_usd_max` when max_tokens
+        bounds the answers). Also checks the prompts file and the options."""
+        p, data = self._generation_request(
+            prompts_path, config, teacher=teacher, n_samples=n_samples, judge=judge, **options
+        )
+        with open(p, "rb") as f:
+            return self._json(
+                "POST",
+                "/v1/generation/estimate",
+                files={"file": (p.name, f, "application/octet-stream")},
+                data=data,
+                timeout=httpx.Timeout(None, connect=10.0),
+            )
+
+    def generation_runs(self, name: str) -> list[dict[str, Any]]:
+        """Every generation run that wrote a version of `name`: prompts file, config, report."""
+        return self._json("GET", f"/v1/datasets/{name}/generation/runs")["items"]
+
+    def generation_report(self, name: str, run_id: str = "latest") -> dict[str, Any]:
+        """A generation run (default: the latest) with its report: samples asked, generated, kept, dropped per
+        rule; tokens and cost of the teacher and the judge; whether the spending cap stopped it."""
+        return self._json("GET", f"/v1/datasets/{name}/generation/runs/{run_id}")
+
+    def generation_samples(
+        self,
+        name: str,
+        *,
+        run_id: str = "latest",
+        outcome: str | None = None,
+        rule: str | None = None,
+        page_size: int = 500,
+    ) -> Iterator[dict[str, Any]]:
+        """Every sample of a run (`outcome="dropped"` / `rule="below_threshold"` to filter), with its reason."""
+        offset = 0
+        while True:
+            params: dict[str, Any] = {"limit": page_size, "offset": offset}
+            if outcome:
+                params["outcome"] = outcome
+            if rule:
+                params["rule"] = rule
+            page = self._json("GET", f"/v1/datasets/{name}/generation/runs/{run_id}/samples", params=params)
+            yield from page["items"]
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return
+
     # -- clusters (issue 6) ----------------------------------------------------------------------------
     def cluster_traces(
         self,

@@ -56,7 +56,19 @@ class Engine:
             self.catalog, self.datasets, self.artifacts, self.jobs, lambda: self.gateway
         )
         self.review = self.curation.review
+        self._register_embedders()
         self._init_clustering()
+        self._init_generation()
+
+    def _register_embedders(self) -> None:
+        """Name the embedders a curation config may ask for (the off-cluster distance rule), bound to this
+        engine's data directory: minilm (the default, built locally on first use), minilm-torch, static."""
+        from opentracy.distillation.curation.filters.cluster import EMBEDDERS
+        from opentracy.embeddings import resolve_embedder
+
+        home = self.settings.home
+        for name in ("minilm", "default", "minilm-torch", "static"):
+            EMBEDDERS[name] = lambda name=name: resolve_embedder(name, home=home)
 
     @property
     def gateway(self) -> Gateway:
@@ -136,6 +148,20 @@ class Engine:
 
         return clustering_jobs.submit(
             self.jobs, self.clustering, self.settings.staging_dir, items, config, source=source
+        )
+
+    # -- synthetic generation (issue 7) -------------------------------------------------------------------
+    def _init_generation(self) -> None:
+        from opentracy.distillation.generation.service import GenerationService
+
+        self.generation = GenerationService(
+            self.catalog,
+            self.datasets,
+            self.artifacts,
+            self.jobs,
+            lambda: self.gateway,
+            self.pricing,
+            self.settings.staging_dir,
         )
 
     def __enter__(self) -> Engine:

@@ -385,3 +385,22 @@ def test_report_counts_add_up_without_a_judge():
     assert {d.row.row_id: d.rule for d in out.dropped} == {"dup": "exact_duplicate", "empty": "empty_response",
                                                            "pii": "pii", "off": "off_cluster"}  # fmt: skip
     assert out.held == []  # no scores: nothing to rank for review
+
+
+def test_off_cluster_distance_with_the_engines_named_embedder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A config from the API or the CLI names its embedder: the engine registers the local ones."""
+    from opentracy.config import Settings
+    from opentracy.engine import Engine
+
+    eng = Engine(Settings.from_env(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'c.db'}"))
+    try:
+        card = [
+            row(f"c{i}", prompt=f"My card still has not arrived, {w}", cluster_id=1)
+            for i, w in enumerate(["what now?", "it has been a week", "please help", "where is it?"])
+        ]
+        far = row("far", prompt="Write a haiku about the sea at night.", cluster_id=1)
+        f = ClusterFilter(ClusterRule(max_distance=0.5, embedder="minilm"))
+        got = hits(f, [*card, far])
+        assert set(got) == {"far"} and got["far"].rule == "off_cluster_distance"
+    finally:
+        eng.close()

@@ -75,7 +75,12 @@ def warnings_for(
                 "unrelated clusters in one dataset; one dataset = one coherent task.",
             )
         )
-    curated = [p for p in provenance if p.get("kind") == "curation"]
+    # A generation whose samples were judged (errors dropped, duplicates collapsed) is curated too.
+    curated = [
+        p
+        for p in provenance
+        if p.get("kind") == "curation" or (p.get("kind") == "generation" and p.get("judge"))
+    ]
     if not curated:
         out.append(
             DatasetWarning(

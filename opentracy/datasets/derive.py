@@ -128,3 +128,60 @@ class DeriveMixin(DatasetCore):
                 if any(step.get("job_id") == job_id for step in v.provenance or []):
                     return self._info(ds, v)
         return None
+
+    # -- generation (issue 7) ----------------------------------------------------------------------------
+    def create_derived(
+        self,
+        name: str,
+        tables: Iterable[pa.Table],
+        *,
+        step: dict[str, Any],
+        description: str = "",
+        in_transaction: Callable[[Any, VersionRecord], None] | None = None,
+    ) -> VersionInfo:
+        """Create a new dataset whose first, active version holds exactly the rows of `tables` (INPUT_SCHEMA),
+        with `step` as its provenance. The dataset, its version and whatever `in_transaction(session,
+        version)` adds appear together or not at all; a dataset of that name created meanwhile is a Conflict."""
+        from opentracy.datasets._core import new_id
+
+        self.check_name(name)
+        dsid = new_id("ds")
+        w = SegmentWriter(self.artifacts, id_salt=dsid, kind="base")
+        try:
+            for t in tables:
+                w.add(t)
+        except BaseException:
+            w.abort()
+            raise
+        seg = w.close()
+        if w.problems:
+            ordv, problem = w.problems[0]
+            self._discard(seg)
+            raise InvalidInput(f"a derived row (ord {ordv}) is not valid: {problem}")
+        import json
+
+        clusters = [json.loads(c) for c in w.cluster_ids]
+        try:
+            with self.catalog.session() as s:
+                if s.scalar(select(DatasetRecord.id).where(DatasetRecord.name == name)):
+                    raise Conflict(f"a dataset named {name!r} was created meanwhile; nothing was written")
+                ds = DatasetRecord(id=dsid, name=name, description=description or "", write_seq=0)
+                s.add(ds)
+                s.flush()
+                v = self._new_version_record(
+                    ds,
+                    1,
+                    manifest=[seg.to_manifest()],
+                    row_count=seg.rows,
+                    stats=_merge_clusters({}, clusters),
+                    provenance=[{**step, "at": _now_iso()}],
+                )
+                s.add(v)
+                s.flush()
+                if in_transaction is not None:
+                    in_transaction(s, v)
+                s.flush()
+                return self._info(ds, v)
+        except BaseException:
+            self._discard(seg)
+            raise

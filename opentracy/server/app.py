@@ -114,6 +114,10 @@ def create_app(engine: Engine | None = None, settings: Settings | None = None) -
 
     app.include_router(curation.router, prefix="/v1", dependencies=[Depends(check_api_key)])
 
+    # synthetic generation (issue 7)
+    from opentracy.server.routers import generation
+
+    app.include_router(generation.router, prefix="/v1", dependencies=[Depends(check_api_key)])
     # clusters: runs over traces, clusters, assign, promote (issue 6)
     from opentracy.server.routers import clusters
 

@@ -375,3 +375,25 @@ class RunClusterRecord(Base):
     y: Mapped[float] = mapped_column(Float, default=0.0, nullable=False)
     # cosine to the matched cluster of the previous run (None: a new cluster)
     matched_similarity: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+# --- generation (issue 7) ---------------------------------------------------------------------------------
+
+
+class GenerationRunRecord(Base):
+    """One synthetic generation run: the prompts file it read (name, format, sha256), the version it wrote,
+    its config and report. Every sample (kept, or dropped with its rule and reason) is a Parquet artifact."""
+
+    __tablename__ = "generation_runs"
+    __table_args__ = (Index("ix_generation_runs_dataset", "dataset_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False)
+    output_version_id: Mapped[str] = mapped_column(String(80), nullable=False)
+    job_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    prompts: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    samples_key: Mapped[str] = mapped_column(String(400), nullable=False)
+    samples_sha256: Mapped[str] = mapped_column(String(80), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)

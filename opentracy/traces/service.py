@@ -109,22 +109,24 @@ class TraceService:
         duplicates), so re-sending a batch is harmless."""
         rows: list[dict[str, Any]] = []
         skipped: list[dict[str, Any]] = []
+        seen: dict[str, int] = {}
         now = datetime.now(UTC)
         for i, t in enumerate(traces, 1):
             try:
                 if isinstance(t, dict):
                     t = msgspec.convert(t, TraceIn)
-                rows.append(to_row(t, source=source, now=now, pricing=self.pricing))
+                row = to_row(t, source=source, now=now, pricing=self.pricing)
             except (ValueError, msgspec.ValidationError) as e:
                 if on_error == "skip":
                     skipped.append({"item": i, "error": str(e)})
                     continue
                 raise InvalidInput(f"trace {i}: {e}") from None
-        seen: set[str] = set()
-        for i, r in enumerate(rows, 1):
-            if r["id"] in seen:
-                raise InvalidInput(f"trace {i}: trace_id {r['id']!r} appears twice in the batch")
-            seen.add(r["id"])
+            first = seen.setdefault(row["id"], i)
+            if first != i:
+                raise InvalidInput(
+                    f"trace {i}: trace_id {row['id']!r} appears twice in the batch (first: trace {first})"
+                )
+            rows.append(row)
         inserted, dups = self.insert_rows(rows)
         return IngestResult(
             inserted=len(inserted),
