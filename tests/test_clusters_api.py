@@ -178,6 +178,10 @@ def test_demo_on_a_subset_then_promote_locally(tmp_path, monkeypatch):
     assert again.stdout.strip().splitlines()[-1].strip() == promote
     listed = ok("clusters", "list", "--local", "--json", env=env)
     assert cid in {c["id"] for c in json.loads(listed.stdout)}
+    # the other commands work locally too: a run over the demo's traces keeps the ids, assign finds nothing new
+    rerun = ok("clusters", "run", "--local", "--tag", TAG, env=env)
+    assert "clusters over 400 traces" in rerun.stdout.splitlines()[0] and cid in rerun.stdout
+    assert "0 traces assigned" in ok("clusters", "assign", "--local", env=env).stdout
 
 
 def test_demo_builds_the_embedding_model_on_a_fresh_machine(tmp_path):

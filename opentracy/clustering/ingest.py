@@ -5,7 +5,7 @@ Every trace the catalog stores (the recording proxy's and the gateway's through 
 API, imports) is offered here once its row is inserted (`TraceService.on_insert`); `offer` only queues the
 trace's id and request, so it costs the writer next to nothing. One background thread takes the queue in
 batches of up to `batch` traces (2,048 by default: at ingest, calls of 256, 1,024 and 2,048 texts ran at
-0.88, 1.05 and 1.11x the cache's own rate in calls of 1,024; bench/cluster_traces.py), waiting at most
+800, 896 and 916 traces/s, the model alone at 1,030; bench/cluster_traces.py), waiting at most
 `max_delay_s` for a batch to fill (under light load, batches are small and prompt), and embeds the texts (the latest trace run's text mode and embedder; by default the last user message and
 int8 MiniLM) through the embedding cache: a later clustering run finds them there and embeds nothing.
 
