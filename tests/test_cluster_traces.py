@@ -268,6 +268,14 @@ def test_auto_mode_never_builds_a_model(engine, monkeypatch, tmp_path):
     assert not emb.enabled()
     emb.offer([{"id": "t_x", "request": json.dumps({"messages": [{"role": "user", "content": "hi"}]})}])
     assert emb.stats()["offered"] == 0 and not (tmp_path / "no-models").exists()
+    # auto never spends money: a run embedded by a provider is not followed at ingest unless asked ("on")
+    import time
+    from types import SimpleNamespace
+
+    paid = SimpleNamespace(config={"embedder": "openai/text-embedding-3-small"}, source={"text": "last_user"})
+    emb._run_at = (time.monotonic(), paid)
+    assert not emb._model_ready()
+    assert IngestEmbedder(engine.trace_clusters, mode="on").enabled()
 
 
 # -- naming -------------------------------------------------------------------------------------------

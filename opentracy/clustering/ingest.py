@@ -18,8 +18,9 @@ The queue is bounded (`max_queue`): past it, traces are not queued but counted a
 embedded by the next clustering run instead. On close, what is queued is embedded for up to `drain_s`
 seconds; the rest is counted the same way. Nothing is lost silently: `stats()` reports every count.
 
-Settings: OPENTRACY_EMBED_AT_INGEST = auto (default: on once the default embedding model is built, so a
-fresh install never builds a model in the background), on (builds it on the first batch if needed) or off;
+Settings: OPENTRACY_EMBED_AT_INGEST = auto (default: on once the local embedding model is built, so a fresh
+install never builds a model in the background; never with a provider's paid embeddings), on (builds the
+model on the first batch if needed; any embedder) or off;
 OPENTRACY_CLUSTER_AUTO_ASSIGN = 1 (default) or 0.
 """
 
@@ -109,8 +110,12 @@ class IngestEmbedder:
         Reads files only (this runs on the inserting thread): the run is the one the worker last saw."""
         run = self._run_at[1]
         spec = str(run.config.get("embedder") or "minilm") if run is not None else "minilm"
+        if spec.startswith("st:") or spec == "minilm-torch":
+            return True
+        if spec == "static":
+            return _built(self.tc.service.home, "static")
         if spec not in ("minilm", "default"):
-            return spec != "static" or _built(self.tc.service.home, "static")
+            return False  # a provider's embeddings cost per call: only with OPENTRACY_EMBED_AT_INGEST=on
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
