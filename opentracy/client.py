@@ -548,13 +548,15 @@ class Distiller:
     ) -> Path:
         """Download a version as jsonl (spec rows), openai (chat fine-tuning JSONL), csv or parquet."""
         ver = version if version is not None else "latest"
+        return self._download(f"/v1/datasets/{name}/versions/{ver}/export", {"format": format}, path)
+
+    def _download(self, url: str, params: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+        """Stream a GET answer into `path` (written whole or not at all)."""
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
         try:
-            with self._http.stream(
-                "GET", f"/v1/datasets/{name}/versions/{ver}/export", params={"format": format}
-            ) as resp:
+            with self._http.stream("GET", url, params=params) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     _raise_for(resp)
@@ -697,23 +699,7 @@ class Distiller:
 
     def export_traces(self, path: str | os.PathLike[str], **filters: Any) -> Path:
         """Write the matching traces, oldest first, as JSONL that `import_traces` reads back."""
-        dest = Path(path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
-        try:
-            with self._http.stream("GET", "/v1/traces/export", params=_trace_params(**filters)) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    _raise_for(r)
-                with open(tmp, "wb") as f:
-                    for chunk in r.iter_bytes(1 << 20):
-                        f.write(chunk)
-            os.replace(tmp, dest)
-        except httpx.ConnectError:
-            raise ServerUnreachable(f"cannot reach the opentracy server at {self.base_url}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
-        return dest
+        return self._download("/v1/traces/export", _trace_params(**filters), path)
 
     def traces_to_dataset(
         self,
