@@ -297,3 +297,17 @@ def test_cli_import_list_show_export_to_dataset(server, engine: Engine, tmp_path
     assert r.exit_code != 0 and "no trace 't_nope'" in r.stderr
     r = run("traces", "to-dataset", "x")
     assert r.exit_code != 0 and "say which traces" in r.stderr
+
+
+def test_listeners_hear_of_imported_traces_only_once_committed(engine: Engine, tmp_path: Path) -> None:
+    heard: list[str] = []
+    engine.traces.on_insert.append(lambda rows: heard.extend(r["id"] for r in rows))
+    # More good lines than one insert batch before the bad one: a batch is written, then rolled back.
+    bad = write(tmp_path, [ours(i) for i in range(1100)] + ["{oops"], "bad.jsonl")
+    with pytest.raises(InvalidInput):
+        import_file(engine.traces, bad)
+    assert heard == []  # rolled back: nobody is told of traces that were never stored
+    import_file(engine.traces, write(tmp_path, [ours(i) for i in range(5)]))
+    assert engine.traces.count() == 5
+    assert sorted(heard) == sorted(f"t_imp{i}" for i in range(5))
+    assert all(isinstance(r, str) for r in heard)

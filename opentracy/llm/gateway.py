@@ -361,6 +361,36 @@ class Gateway:
             prov = st.providers[ep.name] = provider_class(ep.kind)(ep, timeout=self.timeout)
         return prov
 
+    async def _retrying(
+        self,
+        st: _LoopState,
+        ep: Endpoint,
+        resolved: str,
+        tokens: int,
+        attempt: Callable[[Provider, int], Coroutine[Any, Any, T]],
+        max_retries: int | None,
+    ) -> T:
+        """Run `attempt(provider, n)` under the endpoint's limits until it succeeds, fails for good, or runs
+        out of retries (exponential backoff with jitter, or the provider's Retry-After)."""
+        prov = self._provider(st, ep)
+        retries = self.max_retries if max_retries is None else max_retries
+        n = 0
+        while True:
+            n += 1
+            await self._limiter(st, ep).acquire(tokens)
+            async with self._sem(st, ep):
+                try:
+                    return await attempt(prov, n)
+                except LLMError as e:
+                    err = e
+                    err.model = resolved
+            if not err.retryable or n > retries:
+                raise err
+            wait = err.retry_after
+            if wait is None:  # jitter, so the retries of many calls spread out
+                wait = min(self.backoff_max, self.backoff_base * 2 ** (n - 1)) * random.uniform(0.5, 1.5)
+            await asyncio.sleep(min(wait, self.backoff_max))
+
     async def _call(
         self,
         ep: Endpoint,
@@ -376,44 +406,50 @@ class Gateway:
         max_retries: int | None,
         rec: bool = False,
     ) -> Completion:
-        st = self._state()
         started = time.time()
-        prov = self._provider(st, ep)
-        retries = self.max_retries if max_retries is None else max_retries
-        attempt = 0
-        while True:
-            attempt += 1
-            await self._limiter(st, ep).acquire(_estimate_tokens(msgs) + int(p.get("max_tokens") or 0))
-            async with self._sem(st, ep):
-                t0 = time.perf_counter()
-                try:
-                    c = await prov.chat(name, msgs, p, timeout=timeout or self.timeout, stream=stream, t0=t0)
-                except LLMError as e:
-                    err = e
-                    err.model = resolved
-                else:
-                    c.model, c.alias, c.sample, c.internal, c.attempts = (
-                        resolved,
-                        alias,
-                        sample,
-                        internal,
-                        attempt,
-                    )
-                    c.cost_usd = self._price(resolved, c)
-                    if rec:
-                        self._record(c, msgs, p, started, stream=stream)
-                    return c
-            if not err.retryable or attempt > retries:
-                if rec:
-                    self._record_error(err, resolved, alias, msgs, p, started)
-                raise err
-            wait = err.retry_after
-            if wait is None:
-                # exponential backoff with jitter, so the retries of many calls spread out
-                wait = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(
-                    0.5, 1.5
-                )
-            await asyncio.sleep(min(wait, self.backoff_max))
+
+        async def attempt(prov: Provider, n: int) -> Completion:
+            t0 = time.perf_counter()
+            c = await prov.chat(name, msgs, p, timeout=timeout or self.timeout, stream=stream, t0=t0)
+            c.model, c.alias, c.sample, c.internal, c.attempts = resolved, alias, sample, internal, n
+            c.cost_usd = self._price(resolved, c)
+            return c
+
+        tokens = _estimate_tokens(msgs) + int(p.get("max_tokens") or 0)
+        try:
+            c = await self._retrying(self._state(), ep, resolved, tokens, attempt, max_retries)
+        except LLMError as err:
+            if rec:
+                self._record_error(err, resolved, alias, msgs, p, started)
+            raise
+        if rec:
+            self._record(c, msgs, p, started, stream=stream)
+        return c
+
+    async def embed(
+        self,
+        model: str,
+        texts: Sequence[str],
+        *,
+        params: dict[str, Any] | None = None,
+        internal: bool = True,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> tuple[list[list[float]], int]:
+        """Embeddings of `texts` from an embeddings model (`openai/text-embedding-3-small`, an alias…), with the
+        same per-provider bound, limits and retries as chat calls: (vectors in order, input tokens). The
+        platform's own calls (`internal=True`, the default here) are not traces. Caching is the caller's
+        (opentracy.embeddings keeps vectors by content hash and model)."""
+        resolved, _alias = self.resolve(model)
+        provider, name = split_model(resolved)
+        ep = self._endpoint(provider)
+        p = dict(params or {})
+
+        async def attempt(prov: Provider, n: int) -> tuple[list[list[float]], int]:
+            return await prov.embed(name, texts, p, timeout=timeout or self.timeout)
+
+        tokens = sum(len(t) // 4 + 1 for t in texts)
+        return await self._retrying(self._state(), ep, resolved, tokens, attempt, max_retries)
 
     def _record(
         self, c: Completion, msgs: list[dict[str, Any]], p: dict[str, Any], started: float, *, stream: bool
@@ -564,48 +600,3 @@ def _from_payload(
         attempts=0,
         message=p.get("message") or {},
     )
-
-
-# --- embeddings (clustering) --------------------------------------------------------------------------
-
-
-async def _gateway_embed(
-    self: Gateway,
-    model: str,
-    texts: Sequence[str],
-    *,
-    params: dict[str, Any] | None = None,
-    internal: bool = True,
-    timeout: float | None = None,
-    max_retries: int | None = None,
-) -> tuple[list[list[float]], int]:
-    """Embeddings of `texts` from an embeddings model (`openai/text-embedding-3-small`, an alias…), with the
-    same per-provider bound, limits and retries as chat calls: (vectors in order, input tokens). The
-    platform's own calls (`internal=True`, the default here) are not traces. Caching is the caller's
-    (opentracy.embeddings keeps vectors by content hash and model)."""
-    resolved, _alias = self.resolve(model)
-    provider, name = split_model(resolved)
-    ep = self._endpoint(provider)
-    st = self._state()
-    prov = self._provider(st, ep)
-    p = dict(params or {})
-    retries = self.max_retries if max_retries is None else max_retries
-    attempt = 0
-    while True:
-        attempt += 1
-        await self._limiter(st, ep).acquire(sum(len(t) // 4 + 1 for t in texts))
-        async with self._sem(st, ep):
-            try:
-                return await prov.embed(name, texts, p, timeout=timeout or self.timeout)  # type: ignore[attr-defined]
-            except LLMError as e:
-                err = e
-                err.model = resolved
-        if not err.retryable or attempt > retries:
-            raise err
-        wait = err.retry_after
-        if wait is None:
-            wait = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
-        await asyncio.sleep(min(wait, self.backoff_max))
-
-
-Gateway.embed = _gateway_embed  # type: ignore[attr-defined]

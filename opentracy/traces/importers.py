@@ -448,11 +448,13 @@ def import_file(
     skipped: list[dict[str, Any]] = []
     seen: set[str] = set()
     batch: list[dict[str, Any]] = []
+    stored: list[str] = []  # ids written, announced once the transaction has committed
     last_line = 0
 
     def flush(conn: Any) -> None:
         nonlocal batch
         new, dups = service.insert_rows(batch, conn)
+        stored.extend(r["id"] for r in new)
         res.inserted += len(new)
         res.duplicates += dups
         batch = []
@@ -498,6 +500,7 @@ def import_file(
                 f"{skipped[0]['line']}: {skipped[0]['error']}",
                 file=name,
             )
+    service.notify_stored(stored)
     res.lines = last_line
     res.skipped = len(skipped)
     res.skipped_items = skipped[:100]

@@ -138,7 +138,10 @@ class TraceService:
 
     def insert_rows(self, rows: list[dict[str, Any]], conn: Any = None) -> tuple[list[dict[str, Any]], int]:
         """Insert prepared rows (and their tags) in one transaction; rows whose id is already stored are
-        left out. Returns (inserted rows, number left out)."""
+        left out. Returns (inserted rows, number left out).
+
+        Listeners (`on_insert`) hear of the rows once they are committed: here when this call owns the
+        transaction; with a caller's `conn`, the caller commits and then calls `notify_stored`."""
         if not rows:
             return [], 0
         if conn is None:
@@ -146,9 +149,16 @@ class TraceService:
                 got = self._insert_rows(rows, c)
             self._notify(got[0])
             return got
-        got = self._insert_rows(rows, conn)
-        self._notify(got[0])
-        return got
+        return self._insert_rows(rows, conn)
+
+    def notify_stored(self, ids: list[str]) -> None:
+        """Tell the listeners about traces a caller's transaction committed (read back in chunks)."""
+        if not self.on_insert:
+            return
+        for k in range(0, len(ids), CHUNK):
+            with self.catalog.engine.connect() as c:
+                got = c.execute(select(T.c.id, T.c.request).where(T.c.id.in_(ids[k : k + CHUNK]))).all()
+            self._notify([{"id": i, "request": r} for i, r in got])
 
     def _notify(self, new: list[dict[str, Any]]) -> None:
         for fn in self.on_insert if new else ():

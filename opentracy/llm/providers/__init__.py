@@ -49,6 +49,15 @@ class Provider(ABC):
         it. On failure raise `LLMError` (or `LLMTimeout` / `LLMRateLimited`) with `retryable` and, when the
         provider said how long to wait, `retry_after`; the gateway decides whether to try again."""
 
+    async def embed(
+        self, model: str, texts: Sequence[str], params: dict[str, Any], *, timeout: float
+    ) -> tuple[list[list[float]], int]:
+        """One attempt at embedding a batch: (vectors in input order, input tokens). Providers that serve
+        embeddings override it."""
+        raise InvalidInput(
+            f"provider {self.endpoint.name!r} ({self.endpoint.kind}) does not serve embeddings"
+        )
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections (called before the event loop ends)."""
 
@@ -66,16 +75,3 @@ def provider_class(kind: str) -> type[Provider]:
             f"the {kind!r} provider needs an optional dependency ({e.name or e}): pip install 'opentracy[{extra}]'"
         ) from None
     return getattr(module, cls)
-
-
-# --- embeddings (clustering) --------------------------------------------------------------------------
-# A provider that serves embeddings overrides `Provider.embed`; the default says it does not.
-
-
-async def _no_embeddings(
-    self: Provider, model: str, texts: Sequence[str], params: dict[str, Any], *, timeout: float
-) -> tuple[list[list[float]], int]:
-    raise InvalidInput(f"provider {self.endpoint.name!r} ({self.endpoint.kind}) does not serve embeddings")
-
-
-Provider.embed = _no_embeddings  # type: ignore[attr-defined]

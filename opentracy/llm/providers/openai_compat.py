@@ -4,9 +4,10 @@ without its per-call request transform and response models (see docs/decisions/0
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -57,33 +58,37 @@ class OpenAICompatible(Provider):
         stream: bool,
         t0: float,
     ) -> Completion:
-        import openai
-
-        where = f"{self.endpoint.name}/{model}"
-        try:
+        with _mapped_errors(f"{self.endpoint.name}/{model}", timeout):
             if stream:
                 return await self._stream(model, messages, params, timeout, t0)
             return await self._post(model, messages, params, timeout, t0)
-        except openai.APIStatusError as e:
-            status = e.status_code
-            cls = LLMRateLimited if status == 429 else LLMError
-            raise cls(
-                f"{where}: HTTP {status}: {_err_message(e)}",
-                model=where,
-                status=status,
-                retryable=status in (408, 409, 429) or status >= 500,
-                retry_after=retry_after(e.response.headers if e.response is not None else None),
-            ) from None
-        except openai.APITimeoutError:
-            raise LLMTimeout(
-                f"{where}: no answer within {timeout:g} s", model=where, retryable=True
-            ) from None
-        except openai.APIConnectionError as e:
-            raise LLMError(f"{where}: cannot reach the provider ({e})", model=where, retryable=True) from None
-        except (openai.APIResponseValidationError, ValueError) as e:
-            raise LLMError(
-                f"{where}: the provider sent a malformed response ({e})", model=where, retryable=True
-            ) from None
+
+    async def embed(
+        self, model: str, texts: Sequence[str], params: dict[str, Any], *, timeout: float
+    ) -> tuple[list[list[float]], int]:
+        """One attempt at `POST /embeddings` for a batch of texts: (vectors in input order, input tokens)."""
+        import base64
+
+        import httpx2
+        import numpy as np
+
+        with _mapped_errors(f"{self.endpoint.name}/{model}", timeout, what="embeddings response"):
+            r = await self.client.post(
+                "/embeddings",
+                body={"model": model, "input": list(texts), "encoding_format": "base64", **params},
+                cast_to=httpx2.Response,
+                options={"timeout": timeout, "security": {"bearer_auth": True}},
+            )
+            d = _decode(r.content)
+            out: list[list[float]] = [[] for _ in texts]
+            for item in d["data"]:
+                e = item["embedding"]
+                if isinstance(e, str):
+                    e = np.frombuffer(base64.b64decode(e), dtype=np.float32).tolist()
+                out[int(item["index"])] = e
+            if any(not v for v in out):
+                raise ValueError("an input got no embedding")
+            return out, int((d.get("usage") or {}).get("prompt_tokens") or 0)
 
     async def _post(
         self,
@@ -165,6 +170,33 @@ class OpenAICompatible(Provider):
         )
 
 
+@contextlib.contextmanager
+def _mapped_errors(where: str, timeout: float, what: str = "response") -> Iterator[None]:
+    """The SDK's errors (and a body we cannot read) as the gateway's typed, retryable-or-not errors."""
+    import openai
+
+    try:
+        yield
+    except openai.APIStatusError as e:
+        status = e.status_code
+        cls = LLMRateLimited if status == 429 else LLMError
+        raise cls(
+            f"{where}: HTTP {status}: {_err_message(e)}",
+            model=where,
+            status=status,
+            retryable=status in (408, 409, 429) or status >= 500,
+            retry_after=retry_after(e.response.headers if e.response is not None else None),
+        ) from None
+    except openai.APITimeoutError:
+        raise LLMTimeout(f"{where}: no answer within {timeout:g} s", model=where, retryable=True) from None
+    except openai.APIConnectionError as e:
+        raise LLMError(f"{where}: cannot reach the provider ({e})", model=where, retryable=True) from None
+    except (openai.APIResponseValidationError, KeyError, IndexError, TypeError, ValueError) as e:
+        raise LLMError(
+            f"{where}: the provider sent a malformed {what} ({e})", model=where, retryable=True
+        ) from None
+
+
 def retry_after(headers: Any) -> float | None:
     """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or an HTTP date), if given."""
     if not headers:
@@ -195,57 +227,3 @@ def _err_message(e: Any) -> str:
         if isinstance(err, dict) and err.get("message"):
             return str(err["message"])
     return str(getattr(e, "message", e))
-
-
-# --- embeddings (clustering) --------------------------------------------------------------------------
-
-
-async def _embed(
-    self: OpenAICompatible, model: str, texts: Sequence[str], params: dict[str, Any], *, timeout: float
-) -> tuple[list[list[float]], int]:
-    """One attempt at `POST /embeddings` for a batch of texts: (vectors in input order, input tokens)."""
-    import base64
-
-    import httpx2
-    import numpy as np
-    import openai
-
-    where = f"{self.endpoint.name}/{model}"
-    try:
-        r = await self.client.post(
-            "/embeddings",
-            body={"model": model, "input": list(texts), "encoding_format": "base64", **params},
-            cast_to=httpx2.Response,
-            options={"timeout": timeout, "security": {"bearer_auth": True}},
-        )
-        d = _decode(r.content)
-        out: list[list[float]] = [[] for _ in texts]
-        for item in d["data"]:
-            e = item["embedding"]
-            if isinstance(e, str):
-                e = np.frombuffer(base64.b64decode(e), dtype=np.float32).tolist()
-            out[int(item["index"])] = e
-        if any(not v for v in out):
-            raise ValueError("an input got no embedding")
-        return out, int((d.get("usage") or {}).get("prompt_tokens") or 0)
-    except openai.APIStatusError as e:
-        status = e.status_code
-        cls = LLMRateLimited if status == 429 else LLMError
-        raise cls(
-            f"{where}: HTTP {status}: {_err_message(e)}",
-            model=where,
-            status=status,
-            retryable=status in (408, 409, 429) or status >= 500,
-            retry_after=retry_after(e.response.headers if e.response is not None else None),
-        ) from None
-    except openai.APITimeoutError:
-        raise LLMTimeout(f"{where}: no answer within {timeout:g} s", model=where, retryable=True) from None
-    except openai.APIConnectionError as e:
-        raise LLMError(f"{where}: cannot reach the provider ({e})", model=where, retryable=True) from None
-    except (KeyError, IndexError, TypeError, ValueError) as e:
-        raise LLMError(
-            f"{where}: the provider sent a malformed embeddings response ({e})", model=where, retryable=True
-        ) from None
-
-
-OpenAICompatible.embed = _embed  # type: ignore[attr-defined]
