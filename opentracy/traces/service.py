@@ -181,9 +181,10 @@ class TraceService:
             sqlite = conn.dialect.name == "sqlite"
             mark = "?" if sqlite else "%s"
             cols = ", ".join(f'"{c}"' for c in COLUMNS)
+            memo: list[Any] = [None, None]
             conn.exec_driver_sql(
                 f"INSERT INTO traces ({cols}) VALUES ({', '.join([mark] * len(COLUMNS))})",
-                [_tuple(r, sqlite) for r in new],
+                [_tuple(r, sqlite, memo) for r in new],
             )
             tags = [(r["id"], tag) for r in new for tag in r["tags"]]
             if tags:
@@ -288,38 +289,46 @@ class TraceService:
 
 
 COLUMNS = [c.name for c in T.columns]
-_JSON_COLS = {"tags", "metadata"}
 _enc = msgspec.json.Encoder().encode
 
 
-def _dt(d: datetime | None, sqlite: bool) -> Any:
+_get = operator.itemgetter(*COLUMNS)
+_I_STARTED, _I_ENDED, _I_CREATED = (COLUMNS.index(c) for c in ("started_at", "ended_at", "created_at"))
+_I_ERROR, _I_TAGS, _I_META = (COLUMNS.index(c) for c in ("is_error", "tags", "metadata"))
+
+
+def _sqlite_dt(d: datetime | None) -> str | None:
+    """SQLAlchemy's storage format for DateTime on SQLite: naive UTC, microseconds always."""
     if d is None:
         return None
-    if d.tzinfo is not None:
+    if d.tzinfo is not UTC and d.tzinfo is not None:
         d = d.astimezone(UTC)
-    if sqlite:  # SQLAlchemy's storage format for DateTime on SQLite (naive UTC, microseconds always)
-        return d.replace(tzinfo=None).isoformat(" ", "microseconds")
-    return d if d.tzinfo is not None else d.replace(tzinfo=UTC)
+    return d.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-_get = operator.itemgetter(*COLUMNS)
-_FIX = [
-    (i, c)
-    for i, c in enumerate(COLUMNS)
-    if c in _JSON_COLS or c in ("started_at", "ended_at", "created_at", "is_error")
-]
-
-
-def _tuple(r: dict[str, Any], sqlite: bool) -> tuple[Any, ...]:
+def _tuple(r: dict[str, Any], sqlite: bool, _memo: list[Any] | None = None) -> tuple[Any, ...]:
+    """A row as the driver's parameters. `_memo` ([datetime, its conversion]) spares converting the
+    created_at that a whole batch shares."""
     out = list(_get(r))
-    for i, c in _FIX:
-        v = out[i]
-        if c in _JSON_COLS:
-            out[i] = _enc(v).decode()
-        elif c == "is_error":
-            out[i] = (1 if v else 0) if sqlite else bool(v)
+    out[_I_TAGS] = _enc(out[_I_TAGS]).decode()
+    out[_I_META] = _enc(out[_I_META]).decode()
+    created = out[_I_CREATED]
+    if sqlite:
+        out[_I_ERROR] = 1 if out[_I_ERROR] else 0
+        out[_I_STARTED] = _sqlite_dt(out[_I_STARTED])
+        out[_I_ENDED] = _sqlite_dt(out[_I_ENDED])
+        if _memo is not None and _memo[0] is created:
+            out[_I_CREATED] = _memo[1]
         else:
-            out[i] = _dt(v, sqlite)
+            out[_I_CREATED] = _sqlite_dt(created)
+            if _memo is not None:
+                _memo[:] = [created, out[_I_CREATED]]
+    else:
+        out[_I_ERROR] = bool(out[_I_ERROR])
+        for i in (_I_STARTED, _I_ENDED, _I_CREATED):
+            d = out[i]
+            if d is not None and d.tzinfo is None:
+                out[i] = d.replace(tzinfo=UTC)
     return tuple(out)
 
 

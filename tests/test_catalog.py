@@ -1,0 +1,65 @@
+"""The SQLite catalog's WAL is checkpointed by a background thread, not inside writers' commits."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from sqlalchemy import text
+
+from opentracy.store.catalog import CHECKPOINTER, WAL_SAFETY_PAGES, Catalog
+
+
+def _rows_in_main_file(path: Path) -> int:
+    """Rows of the test table found in the database file itself, ignoring the WAL."""
+    conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return conn.execute("SELECT count(*) FROM probe").fetchone()[0]
+    except sqlite3.OperationalError:  # the table itself is still only in the WAL
+        return -1
+    finally:
+        conn.close()
+
+
+def test_background_checkpoint_moves_committed_pages_into_the_database_file(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    cat = Catalog(f"sqlite:///{path}", migrate=False)
+    try:
+        with cat.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == WAL_SAFETY_PAGES
+        with cat.engine.begin() as c:
+            c.execute(text("CREATE TABLE probe (x INTEGER)"))
+            c.execute(text("INSERT INTO probe (x) VALUES (1), (2), (3)"))
+        # Far below the writer's own threshold: only the background thread can have copied these pages.
+        deadline = time.monotonic() + 10
+        while _rows_in_main_file(path) != 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _rows_in_main_file(path) == 3
+    finally:
+        cat.dispose()
+    assert str(path.resolve()) not in CHECKPOINTER._paths and str(path.resolve()) not in CHECKPOINTER._conns
+
+
+def test_a_replaced_database_file_is_checkpointed_too(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    keep = Catalog(f"sqlite:///{path}", migrate=False)  # holds the registration across the replacement
+    try:
+        with keep.engine.begin() as c:
+            c.execute(text("CREATE TABLE old (x INTEGER)"))
+        keep.engine.dispose()
+        for p in tmp_path.glob("catalog.db*"):
+            p.unlink()
+        cat = Catalog(f"sqlite:///{path}", migrate=False)
+        try:
+            with cat.engine.begin() as c:
+                c.execute(text("CREATE TABLE probe (x INTEGER)"))
+                c.execute(text("INSERT INTO probe (x) VALUES (7)"))
+            deadline = time.monotonic() + 10
+            while _rows_in_main_file(path) != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _rows_in_main_file(path) == 1
+        finally:
+            cat.dispose()
+    finally:
+        keep.dispose()
