@@ -63,12 +63,13 @@ class Engine:
     def _register_embedders(self) -> None:
         """Name the embedders a curation config may ask for (the off-cluster distance rule), bound to this
         engine's data directory: minilm (the default, built locally on first use), minilm-torch, static."""
-        from opentracy.distillation.curation.filters.cluster import EMBEDDERS
+        from opentracy.distillation.curation.filters.cluster import ENGINE_NAMES
         from opentracy.embeddings import resolve_embedder
 
         home = self.settings.home
-        for name in ("minilm", "default", "minilm-torch", "static"):
-            EMBEDDERS[name] = lambda name=name: resolve_embedder(name, home=home)
+        self.curation.embedders.update(
+            {name: (lambda name=name: resolve_embedder(name, home=home)) for name in ENGINE_NAMES}
+        )
 
     @property
     def gateway(self) -> Gateway:

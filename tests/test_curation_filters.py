@@ -388,19 +388,43 @@ def test_report_counts_add_up_without_a_judge():
 
 
 def test_off_cluster_distance_with_the_engines_named_embedder(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """A config from the API or the CLI names its embedder: the engine registers the local ones."""
+    """A config from the API or the CLI names its embedder: each engine resolves its local ones, bound to
+    its own data directory (a second engine in the process does not take the names over)."""
+    import json
+
     from opentracy.config import Settings
+    from opentracy.distillation.curation.filters.cluster import EMBEDDERS
     from opentracy.engine import Engine
 
-    eng = Engine(Settings.from_env(home=tmp_path / "home", database_url=f"sqlite:///{tmp_path / 'c.db'}"))
+    before = dict(EMBEDDERS)
+    engines = [
+        Engine(
+            Settings.from_env(home=tmp_path / f"home{k}", database_url=f"sqlite:///{tmp_path / f'c{k}.db'}")
+        )
+        for k in (1, 2)
+    ]
+    eng, other = engines
     try:
-        card = [
-            row(f"c{i}", prompt=f"My card still has not arrived, {w}", cluster_id=1)
-            for i, w in enumerate(["what now?", "it has been a week", "please help", "where is it?"])
-        ]
-        far = row("far", prompt="Write a haiku about the sea at night.", cluster_id=1)
-        f = ClusterFilter(ClusterRule(max_distance=0.5, embedder="minilm"))
-        got = hits(f, [*card, far])
-        assert set(got) == {"far"} and got["far"].rule == "off_cluster_distance"
+        assert before == EMBEDDERS  # nothing process-wide is rewritten by an engine
+        made: list[object] = []
+        real = eng.curation.embedders["minilm"]
+        eng.curation.embedders["minilm"] = lambda: made.append(1) or real()
+        other.curation.embedders["minilm"] = lambda: pytest.fail("the other engine's embedder was used")
+        lines = [
+            {"prompt": f"My card still has not arrived, {w}", "response": "Sorry, let me check.",
+             "metadata": {"cluster_id": 1}}
+            for w in ["what now?", "it has been a week", "please help", "where is it?"]
+        ] + [{"row_id": "far", "prompt": "Write a haiku about the sea at night.", "response": "Waves.",
+              "metadata": {"cluster_id": 1}}]  # fmt: skip
+        src = tmp_path / "rows.jsonl"
+        src.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        eng.datasets.upload("cards", src)
+        cfg = {"judge": {"enabled": False}, "dedup": {"enabled": False}, "length": {"enabled": False},
+               "cluster": {"max_distance": 0.5, "embedder": "minilm"}}  # fmt: skip
+        eng.curation.curate("cards", cfg)
+        assert made == [1]
+        dropped = eng.curation.dropped("cards", limit=100)
+        assert [(d["row_id"], d["rule"]) for d in dropped["items"]] == [("far", "off_cluster_distance")]
     finally:
-        eng.close()
+        for e in engines:
+            e.close()

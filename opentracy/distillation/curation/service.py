@@ -77,6 +77,9 @@ class CurationService:
         self.artifacts = artifacts
         self.jobs = jobs
         self._gateway = gateway
+        # Embedders a config may name for the off-cluster distance rule, bound to this engine (its data
+        # directory); names not here fall back to the process-wide `register_embedder` registry.
+        self.embedders: dict[str, Callable[[], Any]] = {}
         self.review = ReviewService(catalog, datasets)
         jobs.register(CURATE, self._job, resumable=True)
 
@@ -133,6 +136,7 @@ class CurationService:
         cfg = CurationConfig.build(config)
         prog = progress or (lambda f, m: None)
         say = log or (lambda m: None)
+        embedder = embedder if embedder is not None else self._named_embedder(cfg)
 
         def stage(name_: str) -> Callable[[str, float, str], None]:
             def report(st: str, f: float, msg: str) -> None:
@@ -156,6 +160,15 @@ class CurationService:
                               progress=stage("rules"), log=say)  # fmt: skip
         prog(_STAGES["write"][0], "writing the curated version")
         return self._commit(name, src, cfg, outcome, job_id)
+
+    def _named_embedder(self, cfg: CurationConfig) -> Any:
+        """The embedder the config's distance rule names, when this engine knows it (else None: the filter
+        looks the name up in the process-wide registry, and says which names exist if it is not there)."""
+        rule = cfg.cluster
+        if not (rule.enabled and rule.max_distance is not None and rule.embedder):
+            return None
+        factory = self.embedders.get(rule.embedder)
+        return factory() if factory is not None else None
 
     def _read(self, name: str, number: int) -> list[CurationRow]:
         out: list[CurationRow] = []

@@ -24,8 +24,11 @@ class Embedder(Protocol):
     def embed(self, texts: list[str]) -> Any: ...
 
 
-# name -> factory. Registered by the modules that own an embedder; looked up when a config names one.
+# name -> factory. Registered by library users for their own embedders; looked up when a config names one
+# that the engine running the curation does not (an engine resolves its local models itself, bound to its
+# data directory: ENGINE_NAMES).
 EMBEDDERS: dict[str, Callable[[], Embedder | Callable[[list[str]], Any]]] = {}
+ENGINE_NAMES = ("minilm", "default", "minilm-torch", "static")
 
 
 def register_embedder(name: str, factory: Callable[[], Embedder | Callable[[list[str]], Any]]) -> None:
@@ -34,7 +37,7 @@ def register_embedder(name: str, factory: Callable[[], Embedder | Callable[[list
 
 def resolve_embedder(name: str) -> Embedder | Callable[[list[str]], Any]:
     if name not in EMBEDDERS:
-        known = ", ".join(sorted(EMBEDDERS)) or "none registered in this process"
+        known = ", ".join(sorted({*EMBEDDERS, *ENGINE_NAMES})) or "none registered in this process"
         raise InvalidInput(
             f"no embedder named {name!r} for the off-cluster distance rule (known: {known}); pass an embedder "
             "object to ClusterFilter, or leave max_distance unset to filter by cluster_id alone"
