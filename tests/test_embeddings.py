@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +203,71 @@ def test_cli_builds_and_lists_local_models(shared_models: Path, tmp_path: Path, 
     r = CliRunner().invoke(main, ["embeddings", "info"])
     assert r.exit_code == 0, r.output
     assert f"{ONNX_NAME}: {shared_models / ONNX_NAME}" in r.output
+
+
+def test_pooled_embedder_spreads_chunks_over_worker_processes_and_fills_the_cache(
+    engine, shared_models: Path
+) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from opentracy.demo_data import banking77
+    from opentracy.embeddings.parallel import PooledEmbedder
+
+    texts = [t for t, _ in banking77("test")][:300]
+    base = engine.clustering.embedder("minilm")
+    single = base.embed(texts)
+    pids: list[int] = []
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pooled = PooledEmbedder(base, pool, chunk_size=64)
+        assert pooled.model_id == base.model_id and pooled.dims == base.dims
+        seen: list[tuple[int, int]] = []
+        v = pooled.embed(texts, progress=lambda d, n: seen.append((d, n)))
+        pids = list(pool.map(_pid, range(4)))
+        # through the cache: every text computed once, by the workers
+        st = EmbedStats()
+        engine.clustering.embed(texts, pooled, stats=st)
+    assert v.shape == single.shape and np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    # the workers compute what this process computes for the same chunks (int8 activations are quantised
+    # per batch, so the chunking, not the process, decides the exact vectors)
+    chunked = np.vstack([base.embed(texts[s : s + 64]) for s in range(0, 300, 64)])
+    assert np.allclose(v, chunked, atol=1e-5)
+    assert float((v * single).sum(1).min()) > 0.97
+    assert seen[-1] == (300, 300) and len(seen) == 5
+    assert os.getpid() not in pids
+    assert (st.computed, st.cached) == (300, 0)
+    # what the pool computed is what the single-process embedder finds: nothing is embedded again
+    st2 = EmbedStats()
+    engine.clustering.embed(texts, stats=st2)
+    assert (st2.computed, st2.cached) == (0, 300)
+
+
+def _pid(_: int) -> int:
+    return os.getpid()
+
+
+def test_pooled_embedder_refuses_what_it_cannot_spread(engine, shared_models: Path) -> None:
+    from opentracy.embeddings import Embedder
+    from opentracy.embeddings.parallel import PooledEmbedder
+
+    class Remote(Embedder):  # an Embedder that is not a local model
+        model_id, dims = "x/remote", 3
+
+        def _embed_batch(self, texts):  # type: ignore[no-untyped-def]
+            return np.ones((len(texts), 3))
+
+    with pytest.raises(InvalidInput, match="wraps a local model"):
+        PooledEmbedder(Remote(), pool=None)
+    base = engine.clustering.embedder("minilm")
+    with pytest.raises(InvalidInput, match="map"):
+        PooledEmbedder(base, pool=object())
+    with pytest.raises(InvalidInput, match="chunk_size"):
+        PooledEmbedder(base, pool=map_pool(), chunk_size=0)
+
+
+def map_pool():  # type: ignore[no-untyped-def]
+    class P:
+        def map(self, fn, it):  # type: ignore[no-untyped-def]
+            return map(fn, it)
+
+    return P()
