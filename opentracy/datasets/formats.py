@@ -16,7 +16,7 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -381,6 +381,104 @@ def _fast_chunk(chunk: bytes, first_line: int, progress: float) -> Batch | None:
         schema=BATCH_SCHEMA,
     )
     return Batch(t, np.arange(first_line, first_line + len(rows), dtype=np.int64), progress)
+
+
+# Below this size a file is decoded in Python straight away (starting DuckDB costs more than it saves).
+FAST_JSONL_MIN_BYTES = 1 << 20
+
+
+class NeedsCarefulPath(Exception):
+    """The DuckDB decoder met a line it does not take (bad, blank, chat prompt…): decode the file again
+    with the line-by-line path, which accepts or names every line precisely."""
+
+
+# Every line of a spec JSONL file decoded in DuckDB: read as one text column (a control character as the
+# delimiter: JSON text cannot hold it raw), parsed once for the four fields, checked without coercion (a
+# JSON string's text starts with '"', an object's with '{'), and refused with error() — which stops the
+# query — at the first line the careful path would treat differently. Keys are checked too (no unknown,
+# none twice). Prompts as chat messages, JSON nulls, empty row ids and blank lines all go the careful way.
+_DUCK_JSONL_SQL = """
+WITH j AS (
+  SELECT json_extract(line, ['$.row_id', '$.prompt', '$.response', '$.metadata']) AS f, json_keys(line) AS k
+  FROM read_csv('{path}', columns = {{'line': 'VARCHAR'}}, header = false, delim = chr(1), quote = '',
+                escape = '', auto_detect = false, max_line_size = 4194304, buffer_size = 8388608)
+)
+SELECT f[1] ->> '$' AS row_id, f[2] ->> '$' AS prompt, false AS prompt_messages, f[3] ->> '$' AS response,
+       coalesce(f[4], '{{}}') AS metadata
+FROM j
+WHERE CASE
+  WHEN f IS NULL OR k IS NULL OR f[2] IS NULL OR f[3] IS NULL OR left(f[2], 1) <> '"' OR left(f[3], 1) <> '"'
+    OR (f[1] IS NOT NULL AND (left(f[1], 1) <> '"' OR f[1] = '""'))
+    OR (f[4] IS NOT NULL AND left(f[4], 1) <> '{{')
+    OR NOT list_has_all(['row_id', 'prompt', 'response', 'metadata'], k) OR len(k) <> len(list_distinct(k))
+  THEN error('opentracy: needs the careful path') ELSE true END
+"""
+
+
+def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 65_536) -> Iterator[Batch]:
+    """The rows of a spec JSONL file decoded by DuckDB: parallel and off the GIL, about 3x the throughput
+    of decoding in Python (docs/decisions/0002). Yields the same batches as `read_jsonl` would for a clean
+    file; raises NeedsCarefulPath, before or after some batches, when it meets anything else (the caller
+    then starts over with `read_jsonl`, which names bad lines). A reader thread hashes the file meanwhile."""
+    from opentracy.store.segments import duck
+
+    total_lines: list[int] = []
+    hashed = threading.Event()
+    failure: list[BaseException] = []
+
+    def digest() -> None:
+        try:
+            lines = 0
+            with open(src.path, "rb") as f:
+                while buf := f.read(8 << 20):
+                    src.sha256.update(buf)
+                    lines += buf.count(b"\n")
+                    last = buf[-1:]
+            total_lines.append(lines + (1 if src.size and last != b"\n" else 0))
+        except BaseException as e:
+            failure.append(e)
+        finally:
+            hashed.set()
+
+    # Progress until the hasher has counted every line: rows over the count the first 4 MB suggest.
+    with open(src.path, "rb") as f:
+        head = f.read(4 << 20)
+    guess = max(1, round(src.size * max(1, head.count(b"\n")) / max(1, len(head))))
+    hasher = threading.Thread(target=digest, name="source-hash", daemon=True)
+    hasher.start()
+    con = duck(memory_limit="192MB")
+    done = 0
+    try:
+        import duckdb
+
+        path = str(src.path).replace("'", "''")
+        try:
+            reader = con.sql(_DUCK_JSONL_SQL.format(path=path)).to_arrow_reader(batch_size=rows_per_batch)
+            while True:
+                try:
+                    rb = reader.read_next_batch()
+                except StopIteration:
+                    break
+                n = rb.num_rows
+                if not n:
+                    continue
+                table = pa.Table.from_batches([rb]).cast(BATCH_SCHEMA)
+                lines = np.arange(done + 1, done + n + 1, dtype=np.int64)
+                done += n
+                expect = total_lines[0] if total_lines else max(guess, done + 1)
+                src.bytes_read = min(src.size, int(src.size * done / expect))
+                yield Batch(table, lines, src.progress)
+        except (duckdb.Error, pa.ArrowException) as e:
+            raise NeedsCarefulPath(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        hashed.wait()
+        if failure:
+            raise failure[0]
+        if done == 0 or done != total_lines[0]:  # an empty file; or lines DuckDB did not count as rows
+            raise NeedsCarefulPath(f"{done} rows for {total_lines[0]} lines")
+        src.bytes_read = src.size
+    finally:
+        con.close()
+        hashed.wait()
 
 
 def _slow_chunk(chunk: bytes, first_line: int, norm: Normaliser, progress: float) -> Batch:
@@ -771,6 +869,9 @@ class OpenedSource:
     errors: Errors
     file: SourceFile | FilesDigest | None
     split: str | None = None
+    # A faster decoder to try first (spec JSONL: `duck_jsonl`); it may raise NeedsCarefulPath, after which
+    # the source must be opened again and read through `batches`.
+    fast: Callable[[], Iterator[Batch]] | None = None
 
     def sha256(self) -> str | None:
         return self.file.sha256.hexdigest() if self.file is not None else None
@@ -804,7 +905,12 @@ def open_source(
         src = SourceFile(p, name)
         errs = Errors(name, on_error, "line")
         batches = read_jsonl(src, mapping, errs, chat=fmt == "openai", chunk_bytes=chunk_bytes)
-        return OpenedSource(fmt, _require_rows(batches, errs, name, src.size == 0), errs, src)
+        fast = None
+        if fmt == "jsonl" and mapping.is_default and src.size >= FAST_JSONL_MIN_BYTES:
+            # rows per batch follow the ingest granularity setting (4 MB: 32,768 rows)
+            per_batch = max(256, min(32_768, chunk_bytes // 128))
+            fast = lambda: duck_jsonl(src, rows_per_batch=per_batch)  # noqa: E731
+        return OpenedSource(fmt, _require_rows(batches, errs, name, src.size == 0), errs, src, fast=fast)
     if fmt == "csv":
         src = SourceFile(p, name)
         errs = Errors(name, on_error, "line")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,32 +87,27 @@ class UploadMixin(DatasetCore):
         seq = self._reserve_write_seq(dsid) if ds is not None else 1
         base_ord = seq << 32
         writer = SegmentWriter(self.artifacts, id_salt=dsid, kind="base")
-        lines: list[np.ndarray] = []
-        pos = 0
         try:
-            for batch in src.batches:
-                if cancelled and cancelled():
-                    raise Cancelled("upload cancelled; nothing was written")
-                n = batch.table.num_rows
-                if n:
-                    ords = pa.array(np.arange(base_ord + pos, base_ord + pos + n, dtype=np.int64))
-                    t = batch.table
-                    t = pa.table(
-                        {
-                            "row_id": t.column("row_id"),
-                            "ord": ords,
-                            "prompt": t.column("prompt"),
-                            "prompt_messages": t.column("prompt_messages"),
-                            "response": t.column("response"),
-                            "metadata": t.column("metadata"),
-                            "deleted": pa.array(np.zeros(n, dtype=bool)),
-                        },
-                        schema=INPUT_SCHEMA,
+            if src.fast is not None:
+                try:
+                    pos, lines = self._write_batches(src.fast(), writer, base_ord, progress, cancelled)
+                except formats.NeedsCarefulPath:
+                    # Something in the file needs the line-by-line path (which names bad lines): start over.
+                    writer.abort()
+                    writer = SegmentWriter(self.artifacts, id_salt=dsid, kind="base")
+                    progress(0.0, "reading the file line by line")
+                    src = formats.open_source(
+                        path,
+                        format=src.format,
+                        mapping=mapping,
+                        split=split,
+                        on_error=on_error,  # type: ignore[arg-type]
+                        display_name=display_name,
+                        chunk_bytes=self.chunk_bytes,
                     )
-                    writer.add(t)
-                    lines.append(batch.lines)
-                    pos += n
-                progress(min(0.9, 0.9 * batch.progress), f"read {pos:,} rows")
+                    pos, lines = self._write_batches(src.batches, writer, base_ord, progress, cancelled)
+            else:
+                pos, lines = self._write_batches(src.batches, writer, base_ord, progress, cancelled)
             if pos > 0xFFFFFFFF:
                 raise InvalidInput("a single upload holds at most 4,294,967,295 rows; split the file")
             progress(0.9, f"writing {pos:,} rows")
@@ -158,7 +153,10 @@ class UploadMixin(DatasetCore):
             if job_id:
                 step["job_id"] = job_id
             clusters = (
-                sorted(json.loads(c) for c in writer.cluster_ids) if len(writer.cluster_ids) < 10_000 else []
+                # numbers first, then strings: ids of both kinds in one file must not fail the upload
+                sorted((json.loads(c) for c in writer.cluster_ids), key=lambda v: (isinstance(v, str), v))
+                if len(writer.cluster_ids) < 10_000
+                else []
             )
             info = self._commit_upload(name, dsid, description, target, seg, step, clusters)
         except BaseException:
@@ -176,6 +174,42 @@ class UploadMixin(DatasetCore):
             format=src.format,
             seconds=round(time.perf_counter() - t0, 3),
         )
+
+    @staticmethod
+    def _write_batches(
+        batches: Iterator[formats.Batch],
+        writer: SegmentWriter,
+        base_ord: int,
+        progress: ProgressFn,
+        cancelled: Callable[[], bool] | None,
+    ) -> tuple[int, list[np.ndarray]]:
+        """Hand a source's batches to the segment writer with their ords; (rows, line numbers per batch)."""
+        lines: list[np.ndarray] = []
+        pos = 0
+        for batch in batches:
+            if cancelled and cancelled():
+                raise Cancelled("upload cancelled; nothing was written")
+            n = batch.table.num_rows
+            if n:
+                ords = pa.array(np.arange(base_ord + pos, base_ord + pos + n, dtype=np.int64))
+                t = batch.table
+                t = pa.table(
+                    {
+                        "row_id": t.column("row_id"),
+                        "ord": ords,
+                        "prompt": t.column("prompt"),
+                        "prompt_messages": t.column("prompt_messages"),
+                        "response": t.column("response"),
+                        "metadata": t.column("metadata"),
+                        "deleted": pa.array(np.zeros(n, dtype=bool)),
+                    },
+                    schema=INPUT_SCHEMA,
+                )
+                writer.add(t)
+                lines.append(batch.lines)
+                pos += n
+            progress(min(0.9, 0.9 * batch.progress), f"read {pos:,} rows")
+        return pos, lines
 
     def find_job_step(self, name: str, job_id: str) -> dict[str, Any] | None:
         """The result of an upload job that already committed (found by its provenance step), if any."""
