@@ -78,6 +78,17 @@ REQUEST_FILLER = frozenset(
         "ok",
         "okay",
         "yes",
+        "please",
+        "having",
+        "think",
+        "thought",
+        "wondering",
+        "got",
+        "getting",
+        "tell",
+        "able",
+        "possible",
+        "really",
     ]
 )
 
