@@ -20,7 +20,6 @@ Workers load the model from its built folder once per process and keep it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -100,4 +99,4 @@ class PooledEmbedder(Embedder):
         return normalise(out)
 
     def describe(self) -> dict[str, object]:
-        return {**self.base.describe(), "pooled": True, "chunk_size": self.chunk_size, "pid": os.getpid()}
+        return {**self.base.describe(), "pooled": True, "chunk_size": self.chunk_size}
