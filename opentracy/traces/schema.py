@@ -272,6 +272,8 @@ def to_row(t: TraceIn, *, source: str, now: datetime | None = None, pricing: Any
         meta["response_model"] = rm
     return {
         "id": t.trace_id or new_trace_id(),
+        # an id made here cannot be stored already: the insert skips looking it up
+        "_new_id": t.trace_id is None,
         "started_at": started,
         "ended_at": ended,
         "model": model,

@@ -170,7 +170,7 @@ class TraceService:
                 logging.getLogger("opentracy.traces").exception("an on_insert listener failed")
 
     def _insert_rows(self, rows: list[dict[str, Any]], conn: Any) -> tuple[list[dict[str, Any]], int]:
-        ids = [r["id"] for r in rows]
+        ids = [r["id"] for r in rows if not r.get("_new_id")]  # only ids a caller chose can be stored already
         existing: set[str] = set()
         for k in range(0, len(ids), CHUNK):
             existing.update(conn.execute(select(T.c.id).where(T.c.id.in_(ids[k : k + CHUNK]))).scalars())
