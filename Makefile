@@ -26,6 +26,10 @@ lint: $(STAMP)
 bench-upload: $(STAMP)
 	$(BIN)/python bench/upload.py
 
+.PHONY: bench-upload-decoders
+bench-upload-decoders: $(STAMP)
+	$(BIN)/python bench/upload_decoders.py
+
 bench-gateway: $(STAMP)
 	$(BIN)/python bench/gateway.py
 

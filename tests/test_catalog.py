@@ -22,6 +22,14 @@ def _rows_in_main_file(path: Path) -> int:
         conn.close()
 
 
+def _wait_for_rows_in_main_file(path: Path, n: int) -> None:
+    # Far below the writer's own threshold: only the background thread can copy these pages.
+    deadline = time.monotonic() + 10
+    while _rows_in_main_file(path) != n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _rows_in_main_file(path) == n
+
+
 def test_background_checkpoint_moves_committed_pages_into_the_database_file(tmp_path: Path) -> None:
     path = tmp_path / "catalog.db"
     cat = Catalog(f"sqlite:///{path}", migrate=False)
@@ -31,11 +39,7 @@ def test_background_checkpoint_moves_committed_pages_into_the_database_file(tmp_
         with cat.engine.begin() as c:
             c.execute(text("CREATE TABLE probe (x INTEGER)"))
             c.execute(text("INSERT INTO probe (x) VALUES (1), (2), (3)"))
-        # Far below the writer's own threshold: only the background thread can have copied these pages.
-        deadline = time.monotonic() + 10
-        while _rows_in_main_file(path) != 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _rows_in_main_file(path) == 3
+        _wait_for_rows_in_main_file(path, 3)
     finally:
         cat.dispose()
     assert str(path.resolve()) not in CHECKPOINTER._paths and str(path.resolve()) not in CHECKPOINTER._conns
@@ -55,10 +59,7 @@ def test_a_replaced_database_file_is_checkpointed_too(tmp_path: Path) -> None:
             with cat.engine.begin() as c:
                 c.execute(text("CREATE TABLE probe (x INTEGER)"))
                 c.execute(text("INSERT INTO probe (x) VALUES (7)"))
-            deadline = time.monotonic() + 10
-            while _rows_in_main_file(path) != 1 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert _rows_in_main_file(path) == 1
+            _wait_for_rows_in_main_file(path, 1)
         finally:
             cat.dispose()
     finally:

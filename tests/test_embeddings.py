@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -262,12 +263,4 @@ def test_pooled_embedder_refuses_what_it_cannot_spread(engine, shared_models: Pa
     with pytest.raises(InvalidInput, match="map"):
         PooledEmbedder(base, pool=object())
     with pytest.raises(InvalidInput, match="chunk_size"):
-        PooledEmbedder(base, pool=map_pool(), chunk_size=0)
-
-
-def map_pool():  # type: ignore[no-untyped-def]
-    class P:
-        def map(self, fn, it):  # type: ignore[no-untyped-def]
-            return map(fn, it)
-
-    return P()
+        PooledEmbedder(base, pool=SimpleNamespace(map=map), chunk_size=0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -383,9 +384,9 @@ def _fast_chunk(chunk: bytes, first_line: int, progress: float) -> Batch | None:
     return Batch(t, np.arange(first_line, first_line + len(rows), dtype=np.int64), progress)
 
 
-# Below this size a file is decoded in Python. Measured on 2 cores (one process, interleaved runs): the
-# DuckDB decoder is slower up to ~40 MB (1 MB: 80 vs 35 ms), even from 100 to 210 MB (±2%), and 13%
-# faster at 420 MB (3.60 vs 4.13 s); it spends more CPU in all, and wins by using the second core.
+# Below this size a file is decoded in Python. bench/upload_decoders.py (2 cores): the DuckDB decoder is no
+# faster up to ~100 MB (4 MB: 117 vs 79 ms), then 12% faster at 210 MB and 15% at 420 MB; it spends more
+# CPU in all, and wins by using the second core.
 FAST_JSONL_MIN_BYTES = 64 << 20
 
 
@@ -911,7 +912,7 @@ def open_source(
         if fmt == "jsonl" and mapping.is_default and src.size >= FAST_JSONL_MIN_BYTES:
             # rows per batch follow the ingest granularity setting (4 MB: 32,768 rows)
             per_batch = max(256, min(32_768, chunk_bytes // 128))
-            fast = lambda: duck_jsonl(src, rows_per_batch=per_batch)  # noqa: E731
+            fast = functools.partial(duck_jsonl, src, rows_per_batch=per_batch)
         return OpenedSource(fmt, _require_rows(batches, errs, name, src.size == 0), errs, src, fast=fast)
     if fmt == "csv":
         src = SourceFile(p, name)

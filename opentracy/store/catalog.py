@@ -7,6 +7,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -123,7 +124,6 @@ class _Checkpointer:
         self._lock = threading.Lock()
         self._paths: dict[str, int] = {}
         self._conns: dict[str, tuple[sqlite3.Connection, int]] = {}  # path → (connection, inode)
-        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     def register(self, path: str) -> None:
@@ -181,8 +181,7 @@ class _Checkpointer:
                     continue
                 worked |= done != last.get(p, 0)
                 last[p] = done
-            self._wake.wait(self.BUSY_S if worked else self.IDLE_S)
-            self._wake.clear()
+            time.sleep(self.BUSY_S if worked else self.IDLE_S)
 
     @staticmethod
     def _close(conn: sqlite3.Connection) -> None:

@@ -34,8 +34,8 @@ import msgspec
 
 from opentracy.errors import InvalidInput
 from opentracy.llm.providers import Provider
-from opentracy.llm.providers.openai_compat import retry_after
-from opentracy.llm.types import Completion, Endpoint, LLMError, LLMRateLimited, LLMTimeout
+from opentracy.llm.providers.openai_compat import status_error
+from opentracy.llm.types import Completion, Endpoint, LLMError, LLMTimeout
 
 _decode = msgspec.json.Decoder().decode
 
@@ -139,14 +139,8 @@ class Anthropic(Provider):
             kind = _error_type(e.body)
             if status < 400:  # an error event inside a 200 stream: its type says what happened
                 status = _TYPE_STATUS.get(kind or "", 500)
-            cls = LLMRateLimited if status == 429 else LLMError
-            raise cls(
-                f"{where}: HTTP {status}{f' {kind}' if kind else ''}: {_err_message(e)}",
-                model=where,
-                status=status,
-                retryable=status in (408, 409, 429) or status >= 500,
-                retry_after=retry_after(e.response.headers if e.response is not None else None),
-            ) from None
+            detail = f"{kind}: {_err_message(e)}" if kind else _err_message(e)
+            raise status_error(where, status, detail, e.response) from None
         except anthropic.APITimeoutError:
             raise LLMTimeout(
                 f"{where}: no answer within {timeout:g} s", model=where, retryable=True

@@ -178,15 +178,7 @@ def _mapped_errors(where: str, timeout: float, what: str = "response") -> Iterat
     try:
         yield
     except openai.APIStatusError as e:
-        status = e.status_code
-        cls = LLMRateLimited if status == 429 else LLMError
-        raise cls(
-            f"{where}: HTTP {status}: {_err_message(e)}",
-            model=where,
-            status=status,
-            retryable=status in (408, 409, 429) or status >= 500,
-            retry_after=retry_after(e.response.headers if e.response is not None else None),
-        ) from None
+        raise status_error(where, e.status_code, _err_message(e), e.response) from None
     except openai.APITimeoutError:
         raise LLMTimeout(f"{where}: no answer within {timeout:g} s", model=where, retryable=True) from None
     except openai.APIConnectionError as e:
@@ -195,6 +187,19 @@ def _mapped_errors(where: str, timeout: float, what: str = "response") -> Iterat
         raise LLMError(
             f"{where}: the provider sent a malformed {what} ({e})", model=where, retryable=True
         ) from None
+
+
+def status_error(where: str, status: int, detail: str, response: Any = None) -> LLMError:
+    """A provider's HTTP error status as the gateway's error: 429 is rate limiting, and 408, 409, 429 and
+    5xx are worth retrying (after the provider's retry-after, if it sent one)."""
+    cls = LLMRateLimited if status == 429 else LLMError
+    return cls(
+        f"{where}: HTTP {status}: {detail}",
+        model=where,
+        status=status,
+        retryable=status in (408, 409, 429) or status >= 500,
+        retry_after=retry_after(response.headers if response is not None else None),
+    )
 
 
 def retry_after(headers: Any) -> float | None:
