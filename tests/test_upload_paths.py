@@ -9,6 +9,7 @@ import pytest
 
 from opentracy.datasets import formats
 from opentracy.errors import InvalidInput
+from opentracy.store.segments import ROW_HASH_SQL, duck
 
 TRICKY = [
     {"row_id": "a", "prompt": "plain", "response": "ok"},
@@ -32,32 +33,50 @@ def _write(path: Path, rows: list[dict], *, ensure_ascii: bool, spaced: bool, cr
     return path
 
 
+def _hashes(engine, name: str) -> dict[str, tuple[bytes, bytes]]:  # type: ignore[no-untyped-def]
+    """row_id -> (stored row hash, the hash ROW_HASH_SQL gives the stored row now)."""
+    _, sql = engine.datasets._read_sql(name, None)
+    con = duck()
+    try:
+        res = con.sql(f"SELECT row_id, row_hash, {ROW_HASH_SQL} FROM ({sql})").fetchall()
+    finally:
+        con.close()
+    return {r[0]: (r[1], r[2]) for r in res}
+
+
 def _stored(engine, name: str) -> list[tuple]:  # type: ignore[no-untyped-def]
     page = engine.datasets.rows(name, limit=100)
+    hashes = _hashes(engine, name)
+    assert all(stored == now for stored, now in hashes.values()), "a stored row hash is not the row's hash"
     # generated ids depend on the dataset (its id salts them): compare their shape, not their value
     return [
         ("r_<generated>" if r.row_id.startswith("r_") and len(r.row_id) == 18 else r.row_id,
-         json.dumps(r.prompt), r.response, json.dumps(r.metadata))
+         json.dumps(r.prompt), r.response, json.dumps(r.metadata),
+         None if r.row_id.startswith("r_") and len(r.row_id) == 18 else hashes[r.row_id][0])
         for r in page.rows
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("variant", ["ascii", "utf8-spaced", "crlf"])
+@pytest.mark.parametrize("variant", ["ascii", "utf8-spaced", "crlf", "utf8-compact"])
 def test_both_decoders_store_the_same_rows(engine, tmp_path: Path, monkeypatch, variant: str) -> None:
     rows = TRICKY * 3
     for i, r in enumerate(rows):  # distinct ids across the repeats
         if "row_id" in r:
             rows[i] = {**r, "row_id": f"{r['row_id']}-{i}"}
     src = _write(
-        tmp_path / "rows.jsonl", rows, ensure_ascii=variant == "ascii", spaced=variant != "ascii",
-        crlf=variant == "crlf",
+        tmp_path / "rows.jsonl", rows, ensure_ascii=variant == "ascii",
+        spaced=variant not in ("ascii", "utf8-compact"), crlf=variant == "crlf",
     )  # fmt: skip
     used: list[str] = []
+    hashed_by_decoder = 0
     real = formats.duck_jsonl
 
     def spy(s, **kw):  # type: ignore[no-untyped-def]
+        nonlocal hashed_by_decoder
         used.append("duckdb")
-        yield from real(s, **kw)
+        for b in real(s, **kw):
+            hashed_by_decoder += b.table.num_rows - b.table.column("row_hash").null_count
+            yield b
 
     monkeypatch.setattr(formats, "duck_jsonl", spy)
     engine.datasets.upload("fast", src)
@@ -68,6 +87,9 @@ def test_both_decoders_store_the_same_rows(engine, tmp_path: Path, monkeypatch, 
     fast, careful = _stored(engine, "fast"), _stored(engine, "careful")
     assert fast == careful and len(fast) == len(rows)
     assert sum(r[0] == "r_<generated>" for r in fast) == 6
+    # compact UTF-8 lines with a row id and metadata are the rows' canonical JSON: the decoder hashes them
+    # (rows "é-ü" and "e"; "m" has 1e+300 where DuckDB writes 1e300, and the rest have no metadata)
+    assert hashed_by_decoder == (6 if variant == "utf8-compact" else 0)
 
 
 def test_a_file_the_duckdb_decoder_refuses_is_read_line_by_line(engine, tmp_path: Path, monkeypatch) -> None:
@@ -110,3 +132,31 @@ def test_a_file_the_duckdb_decoder_refuses_is_read_line_by_line(engine, tmp_path
         assert [(r.prompt, r.metadata) for r in a] == [(r.prompt, r.metadata) for r in b]
     assert engine.datasets.rows("keys0", limit=10).rows[1].metadata == {"extra": 1}
     assert len(refused) == 4
+
+
+METADATA_CASES = [
+    {}, {"source_trace_id": None}, {"source_trace_id": "t"}, {"source_trace_id": 7}, {"teacher_model": ["x"]},
+    {"judge_score": 0.5}, {"judge_score": -3}, {"judge_score": 1e300}, {"judge_score": "0.5"},
+    {"judge_score": True}, {"judge_score": None}, {"cluster_id": -12}, {"cluster_id": "a"}, {"cluster_id": 1.5},
+    {"cluster_id": 1e3}, {"cluster_id": False}, {"cluster_id": {"x": 1}}, {"tags": []}, {"tags": ["a", 'b"c']},
+    {"tags": ["a\\", "b"]}, {"tags": ['a\\",1,"b']}, {"tags": ["a", 1]}, {"tags": [["a"]]}, {"tags": "a"},
+    {"tags": None}, {"tags": [None]}, {"other": [1, {"tags": 5}]}, {"Tags": 5},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("meta", METADATA_CASES, ids=[json.dumps(m) for m in METADATA_CASES])
+def test_the_segment_writer_checks_metadata_as_the_careful_path_does(meta: dict) -> None:
+    from opentracy.datasets.rows import check_metadata
+    from opentracy.store.segments import _META_PROBLEM_SQL, _META_STRUCT_SQL
+
+    con = duck()
+    try:
+        text = json.dumps(meta, indent=1)  # as it may arrive: not minified
+        (problem,) = con.execute(
+            f"SELECT {_META_PROBLEM_SQL} FROM (SELECT false AS deleted, ? AS metadata)"
+            f" CROSS JOIN LATERAL (SELECT {_META_STRUCT_SQL} AS _m)",
+            [text],
+        ).fetchone()
+    finally:
+        con.close()
+    assert problem == check_metadata(meta)

@@ -396,26 +396,40 @@ class NeedsCarefulPath(Exception):
 
 
 # Every line of a spec JSONL file decoded in DuckDB: read as one text column (a control character as the
-# delimiter: JSON text cannot hold it raw), parsed once for the four fields, checked without coercion (a
-# JSON string's text starts with '"', an object's with '{'), and refused with error() — which stops the
-# query — at the first line the careful path would treat differently. Keys are checked too (no unknown,
-# none twice). Prompts as chat messages, JSON nulls, empty row ids and blank lines all go the careful way.
+# delimiter: JSON text cannot hold it raw), parsed once by json_transform into the four fields as JSON text
+# (minified), checked without coercion (a JSON string's text starts with '"', an object's with '{'), and
+# refused with error() — which stops the query — at the first line the careful path would treat
+# differently: a bad line, a blank line, a chat prompt, an empty row id, an unknown or repeated key.
+# A missing field and a JSON null read the same here and in the careful path (no row id: one is generated;
+# no metadata: {}). Keys are proven cheaply: a line that equals the four fields written back in order,
+# minified, holds exactly those keys; any other line has its keys listed by json_keys. Such a line is also
+# the row's canonical JSON (segments.ROW_HASH_SQL), so its md5 is the row hash and the hashing stage
+# skips it (row_hash NULL: the hashing stage computes it).
 _DUCK_JSONL_SQL = """
 WITH j AS (
-  SELECT json_extract(line, ['$.row_id', '$.prompt', '$.response', '$.metadata']) AS f, json_keys(line) AS k
+  SELECT line, json_transform(line, '{{"row_id":"JSON","prompt":"JSON","response":"JSON","metadata":"JSON"}}') AS f
   FROM read_csv('{path}', columns = {{'line': 'VARCHAR'}}, header = false, delim = chr(1), quote = '',
                 escape = '', auto_detect = false, max_line_size = 4194304, buffer_size = 8388608)
+), c AS (
+  SELECT line, f, line = concat('{{', '"row_id":' || f.row_id || ',', '"prompt":', f.prompt, ',"response":',
+                                f.response, ',"metadata":' || f.metadata, '}}') AS canonical
+  FROM j
+), k AS (
+  SELECT *, CASE WHEN NOT canonical THEN json_keys(line) END AS k FROM c
 )
-SELECT f[1] ->> '$' AS row_id, f[2] ->> '$' AS prompt, false AS prompt_messages, f[3] ->> '$' AS response,
-       coalesce(f[4], '{{}}') AS metadata
-FROM j
+SELECT f.row_id ->> '$' AS row_id, f.prompt ->> '$' AS prompt, false AS prompt_messages,
+       f.response ->> '$' AS response, coalesce(f.metadata, '{{}}') AS metadata,
+       CASE WHEN canonical AND f.row_id IS NOT NULL AND f.metadata IS NOT NULL THEN unhex(md5(line)) END AS row_hash
+FROM k
 WHERE CASE
-  WHEN f IS NULL OR k IS NULL OR f[2] IS NULL OR f[3] IS NULL OR left(f[2], 1) <> '"' OR left(f[3], 1) <> '"'
-    OR (f[1] IS NOT NULL AND (left(f[1], 1) <> '"' OR f[1] = '""'))
-    OR (f[4] IS NOT NULL AND left(f[4], 1) <> '{{')
-    OR NOT list_has_all(['row_id', 'prompt', 'response', 'metadata'], k) OR len(k) <> len(list_distinct(k))
+  WHEN f IS NULL OR f.prompt IS NULL OR f.response IS NULL OR left(f.prompt, 1) <> '"'
+    OR left(f.response, 1) <> '"' OR (f.row_id IS NOT NULL AND (left(f.row_id, 1) <> '"' OR f.row_id = '""'))
+    OR (f.metadata IS NOT NULL AND left(f.metadata, 1) <> '{{')
+    OR (NOT canonical AND (k IS NULL OR NOT list_has_all(['row_id', 'prompt', 'response', 'metadata'], k)
+                           OR len(k) <> len(list_distinct(k))))
   THEN error('opentracy: needs the careful path') ELSE true END
 """
+_DUCK_BATCH_SCHEMA = BATCH_SCHEMA.append(pa.field("row_hash", pa.binary()))
 
 
 def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 65_536) -> Iterator[Batch]:
@@ -465,7 +479,7 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 65_536) -> Iterator[Bat
                 n = rb.num_rows
                 if not n:
                     continue
-                table = pa.Table.from_batches([rb]).cast(BATCH_SCHEMA)
+                table = pa.Table.from_batches([rb]).cast(_DUCK_BATCH_SCHEMA)
                 lines = np.arange(done + 1, done + n + 1, dtype=np.int64)
                 done += n
                 expect = total_lines[0] if total_lines else max(guess, done + 1)

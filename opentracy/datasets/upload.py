@@ -205,6 +205,8 @@ class UploadMixin(DatasetCore):
                     },
                     schema=INPUT_SCHEMA,
                 )
+                if "row_hash" in batch.table.column_names:  # hashed by the decoder where it could
+                    t = t.append_column("row_hash", batch.table.column("row_hash"))
                 writer.add(t)
                 lines.append(batch.lines)
                 pos += n

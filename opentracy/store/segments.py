@@ -24,6 +24,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from opentracy.errors import OpentracyError
@@ -54,29 +55,35 @@ SEGMENT_SCHEMA = pa.schema(
 )
 ROW_COLUMNS = "row_id, ord, prompt, prompt_messages, response, metadata, row_hash"
 
-# The row hash covers everything a row says, and nothing about where it is stored.
-_HASH_SQL = (
-    "unhex(md5(row_id || chr(0) || CASE WHEN prompt_messages THEN 'm' ELSE 's' END || chr(0) || prompt"
-    " || chr(0) || response || chr(0) || metadata))"
+# The row hash covers everything a row says, and nothing about where it is stored: md5 of the row as one
+# canonical JSON object, keys in this order, minified by DuckDB's JSON writer (metadata is stored in that
+# form already; a chat prompt is stored as its JSON text). The JSONL decoder finds lines that are already
+# in this form and hands their md5 over, so a row read from them is not written out again to be hashed.
+ROW_HASH_SQL = (
+    """unhex(md5('{"row_id":' || to_json(row_id) || ',"prompt":' || CASE WHEN prompt_messages THEN prompt"""
+    """ ELSE to_json(prompt) END || ',"response":' || to_json(response) || ',"metadata":' || metadata || '}'))"""
 )
 ROW_GROUP_ROWS = 65_536
 SEGMENT_DICTIONARY = ["response", "prompt_messages", "deleted"]  # low-cardinality columns only
 SEGMENT_STATISTICS = ["row_id", "ord", "deleted"]  # what reads filter on
 
-# Types of the metadata keys the spec names, checked in DuckDB (one JSON parse a row, no GIL held). An
-# extracted JSON value's first character tells its type, which is cheaper than json_type() on each.
-_META_PATHS = "['$.source_trace_id', '$.teacher_model', '$.judge_score', '$.cluster_id', '$.tags']"
+# Types of the metadata keys the spec names, checked in DuckDB (one JSON parse a row, no GIL held): each is
+# taken out as minified JSON text (NULL when missing or null, which are allowed), whose first character
+# tells its type; tags must be an array of strings only.
+_META_STRUCT_SQL = (
+    'json_transform(CASE WHEN prefix(metadata, \'{\') THEN metadata END, \'{"source_trace_id":"JSON",'
+    '"teacher_model":"JSON","judge_score":"JSON","cluster_id":"JSON","tags":"JSON"}\')'
+)
 _META_PROBLEM_SQL = """CASE
   WHEN deleted THEN NULL
-  WHEN left(metadata, 1) <> '{' THEN 'metadata must be an object'
-  WHEN _m[1] IS NOT NULL AND left(_m[1], 1) NOT IN ('"', 'n') THEN 'metadata.source_trace_id must be a string'
-  WHEN _m[2] IS NOT NULL AND left(_m[2], 1) NOT IN ('"', 'n') THEN 'metadata.teacher_model must be a string'
-  WHEN _m[3] IS NOT NULL AND NOT (left(_m[3], 1) IN ('-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9') OR _m[3] = 'null')
-    THEN 'metadata.judge_score must be a number'
-  WHEN _m[4] IS NOT NULL AND NOT (left(_m[4], 1) = '"' OR _m[4] = 'null' OR regexp_full_match(_m[4], '-?[0-9]+'))
+  WHEN NOT prefix(metadata, '{') THEN 'metadata must be an object'
+  WHEN NOT prefix(_m.source_trace_id, '"') THEN 'metadata.source_trace_id must be a string'
+  WHEN NOT prefix(_m.teacher_model, '"') THEN 'metadata.teacher_model must be a string'
+  WHEN NOT regexp_matches(_m.judge_score, '^-?[0-9]') THEN 'metadata.judge_score must be a number'
+  WHEN NOT (prefix(_m.cluster_id, '"') OR regexp_full_match(_m.cluster_id, '-?[0-9]+'))
     THEN 'metadata.cluster_id must be an integer or a string'
-  WHEN _m[5] IS NOT NULL AND _m[5] <> 'null' AND NOT (left(_m[5], 1) = '[' AND coalesce(list_bool_and(list_transform(
-    json_extract(_m[5], '$[*]'), lambda x: left(x, 1) = '"')), true)) THEN 'metadata.tags must be a list of strings'
+  WHEN NOT regexp_full_match(_m.tags, '\\[("([^"\\\\]|\\\\.)*"(,"([^"\\\\]|\\\\.)*")*)?\\]')
+    THEN 'metadata.tags must be a list of strings'
   END"""
 
 
@@ -162,13 +169,14 @@ class SegmentWriter:
         con = duck(threads=1, memory_limit="256MB")
         gen = generated_row_id_sql(self.id_salt)
         # Only derived columns come back from DuckDB; prompt and response pass through untouched. Metadata is
-        # stored minified by DuckDB's json(), whatever wrote it, so equal content always hashes equal.
+        # stored minified by DuckDB's json(), whatever wrote it, so equal content always hashes equal (rows
+        # that come with their hash have it in that form already).
         sql = (
-            f"SELECT row_id, metadata, {_HASH_SQL} AS row_hash, hash(row_id) AS _rid, {_META_PROBLEM_SQL} AS _problem,"
-            " CAST(_m[4] AS VARCHAR) AS _cluster"
+            f"SELECT row_id, metadata, coalesce(_given, {ROW_HASH_SQL}) AS row_hash, hash(row_id) AS _rid,"
+            f" {_META_PROBLEM_SQL} AS _problem, _m.cluster_id AS _cluster"
             f" FROM (SELECT COALESCE(row_id, {gen}) AS row_id, prompt, prompt_messages, response,"
-            " CAST(json(metadata) AS VARCHAR) AS metadata, deleted,"
-            f" json_extract(metadata, {_META_PATHS}) AS _m FROM b)"
+            " CASE WHEN _given IS NULL THEN CAST(json(metadata) AS VARCHAR) ELSE metadata END AS metadata,"
+            f" deleted, _given, {_META_STRUCT_SQL} AS _m FROM b)"
         )
         try:
             while True:
@@ -185,12 +193,11 @@ class SegmentWriter:
                     for i, p in enumerate(res.column("_problem").to_pylist()):
                         if p is not None:
                             self.problems.append((int(ords[i]), str(p)))
-                if res.column("_cluster").null_count < res.num_rows:
-                    for (c,) in con.sql(
-                        "SELECT DISTINCT _cluster FROM res WHERE _cluster IS NOT NULL"
-                    ).fetchall():
-                        if c != "null":
-                            self.cluster_ids.add(c)
+                clusters = res.column("_cluster")
+                if clusters.null_count < res.num_rows:
+                    self.cluster_ids.update(
+                        c for c in pc.unique(clusters).drop_null().to_pylist() if c != "null"
+                    )
                 out = pa.table(
                     [
                         res.column("row_id"),
@@ -234,6 +241,8 @@ class SegmentWriter:
             self._error = e
 
     def add(self, table: pa.Table) -> None:
+        """Queue rows (INPUT_SCHEMA). A `row_hash` column may come along: where it is not null it is the
+        row's hash (ROW_HASH_SQL) and its metadata is already in stored form, so neither is computed again."""
         if self._error is not None:
             raise self._error
         if table.num_rows == 0:
@@ -241,7 +250,10 @@ class SegmentWriter:
         self.rows += table.num_rows
         if self.kind == "delta":
             self.deletes += int(pa.compute.sum(table.column("deleted")).as_py() or 0)
-        self._q_hash.put(table.cast(INPUT_SCHEMA))
+        given = table.column("row_hash") if "row_hash" in table.column_names else None
+        table = table.select(INPUT_SCHEMA.names).cast(INPUT_SCHEMA)
+        given = given.cast(pa.binary()) if given is not None else pa.nulls(table.num_rows, pa.binary())
+        self._q_hash.put(table.append_column("_given", given))
 
     def _finish_threads(self) -> None:
         if not self._closed:
