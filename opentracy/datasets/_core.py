@@ -303,9 +303,8 @@ class DatasetCore:
 
     def _cluster_ids(self, con: Any, rows_sql: str) -> list[Any]:
         res = con.sql(
-            f"SELECT DISTINCT CAST(json_extract(metadata, '$.cluster_id') AS VARCHAR) AS c FROM ({rows_sql}) "
-            "WHERE json_extract(metadata, '$.cluster_id') IS NOT NULL AND "
-            "json_type(json_extract(metadata, '$.cluster_id')) <> 'NULL' LIMIT 1001"
+            f"SELECT DISTINCT c FROM (SELECT json_extract(metadata, '$.cluster_id') AS c FROM ({rows_sql})) "
+            "WHERE c IS NOT NULL AND c <> 'null' LIMIT 1001"
         ).fetchall()
         return [json.loads(c) for (c,) in res]
 
