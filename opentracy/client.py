@@ -309,8 +309,11 @@ class Distiller:
             self,
         )
 
-    def get_job(self, job_id: str) -> Job:
-        return self._job(self._json("GET", f"/v1/jobs/{job_id}"))
+    def get_job(self, job_id: str, *, wait: float = 0) -> Job:
+        """A job's status; with `wait` (seconds, at most 30) the server answers as soon as the job ends, or
+        after `wait` seconds."""
+        params = {"wait": wait} if wait else None
+        return self._job(self._json("GET", f"/v1/jobs/{job_id}", params=params))
 
     def cancel_job(self, job_id: str) -> Job:
         return self._job(self._json("POST", f"/v1/jobs/{job_id}/cancel"))
@@ -324,13 +327,15 @@ class Distiller:
         job = self.get_job(job_id)
         with self._progress_bar(progress) as bar:
             task = bar.add_task(job.kind, total=1.0, note=job.message)
-            delay = 0.05
             while not job.done:
-                if deadline is not None and time.monotonic() > deadline:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
                     raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
-                time.sleep(delay)
-                delay = min(delay * 1.5, 0.5)
-                job = self.get_job(job_id)
+                # Long polling: the server answers when the job ends, or after a second with its progress.
+                asked = time.monotonic()
+                job = self.get_job(job_id, wait=max(0.05, min(1.0, left if left is not None else 1.0)))
+                if not job.done and time.monotonic() - asked < 0.05:
+                    time.sleep(0.2)  # a server that does not hold answers: do not ask in a tight loop
                 bar.update(task, completed=job.progress, note=job.message)
             bar.update(task, completed=1.0 if job.status == "succeeded" else job.progress, note=job.status)
         if job.status == "failed" and job.error:

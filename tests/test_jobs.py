@@ -165,3 +165,37 @@ def test_freeze_job_resumed_after_it_already_froze(engine, write_jsonl):
 
     out = handler(JobContext(engine.jobs, "job_x", {"dataset": "t", "version": 1}, attempt=2))
     assert out["status"] == "frozen"
+
+
+def test_long_polling_answers_when_the_job_ends(engine, server, client):
+    """GET /v1/jobs/{id}?wait=S holds the answer until the job ends (or S seconds pass); the client's
+    wait_job uses it, so it learns of the end at once instead of at its next poll."""
+    import httpx
+
+    gate = threading.Event()
+
+    def gated(ctx):
+        ctx.progress(0.5, "waiting for the gate")
+        gate.wait(20)
+        return {"ok": True}
+
+    engine.jobs.register("test.gated", gated)
+    job = engine.jobs.submit("test.gated", {})
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        t0 = time.monotonic()
+        held = http.get(f"/v1/jobs/{job.id}", params={"wait": 0.5}).json()
+        assert held["status"] in ("queued", "running") and 0.4 < time.monotonic() - t0 < 5
+        threading.Timer(0.3, gate.set).start()
+        t0 = time.monotonic()
+        done = http.get(f"/v1/jobs/{job.id}", params={"wait": 20}).json()
+        assert done["status"] == "succeeded" and done["result"] == {"ok": True}
+        assert time.monotonic() - t0 < 5  # answered when the job ended, not after 20 s
+        assert http.get(f"/v1/jobs/{job.id}", params={"wait": 31}).status_code == 422
+        assert http.get("/v1/jobs/job_nope", params={"wait": 1}).status_code == 404
+    # the client: ends as soon as the job does
+    gate.clear()
+    job = engine.jobs.submit("test.gated", {})
+    threading.Timer(0.5, gate.set).start()
+    t0 = time.monotonic()
+    assert client.wait_job(job.id).status == "succeeded"
+    assert time.monotonic() - t0 < 5

@@ -26,8 +26,14 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}")
-def get_job(job_id: str, engine: Engine = Depends(get_engine)) -> JobInfo:
-    return engine.jobs.get(job_id)
+def get_job(
+    job_id: str,
+    wait: float = Query(0, ge=0, le=30, description="seconds to hold the answer while the job has not ended"),
+    engine: Engine = Depends(get_engine),
+) -> JobInfo:
+    """A job's status. With `wait`, the answer comes as soon as the job ends, or after `wait` seconds with
+    its progress then (long polling: a waiting client learns of the end at once, with few requests)."""
+    return engine.jobs.wait(job_id, timeout=wait) if wait else engine.jobs.get(job_id)
 
 
 @router.get("/jobs/{job_id}/logs")
