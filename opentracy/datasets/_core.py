@@ -24,6 +24,7 @@ from opentracy.store.artifacts import ArtifactStore
 from opentracy.store.catalog import Catalog
 from opentracy.store.segments import (
     ROW_GROUP_ROWS,
+    SEGMENT_COMPRESSION,
     SEGMENT_DICTIONARY,
     SEGMENT_SCHEMA,
     SEGMENT_STATISTICS,
@@ -293,7 +294,7 @@ class DatasetCore:
             f"SELECT row_id, ord, prompt, prompt_messages, response, metadata, row_hash, false AS deleted FROM ({rows_sql})"
         ).to_arrow_reader(batch_size=ROW_GROUP_ROWS)
         n = 0
-        with pq.ParquetWriter(tmp, SEGMENT_SCHEMA, compression="zstd", use_dictionary=SEGMENT_DICTIONARY,
+        with pq.ParquetWriter(tmp, SEGMENT_SCHEMA, compression=SEGMENT_COMPRESSION, use_dictionary=SEGMENT_DICTIONARY,
                               write_statistics=SEGMENT_STATISTICS) as w:  # fmt: skip
             for rb in reader:
                 n += rb.num_rows

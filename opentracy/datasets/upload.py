@@ -28,6 +28,10 @@ from opentracy.datasets.models import (
 from opentracy.errors import Cancelled, Conflict, InvalidInput
 from opentracy.store.segments import (
     INPUT_SCHEMA,
+    SEGMENT_COMPRESSION,
+    SEGMENT_DICTIONARY,
+    SEGMENT_SCHEMA,
+    SEGMENT_STATISTICS,
     Manifest,
     SegmentInfo,
     SegmentWriter,
@@ -307,10 +311,11 @@ class UploadMixin(DatasetCore):
             import pyarrow.parquet as pq
 
             n = 0
-            with pq.ParquetWriter(tmp, reader.schema, compression="zstd") as w:
+            with pq.ParquetWriter(tmp, SEGMENT_SCHEMA, compression=SEGMENT_COMPRESSION,
+                                  use_dictionary=SEGMENT_DICTIONARY, write_statistics=SEGMENT_STATISTICS) as w:  # fmt: skip
                 for rb in reader:
                     n += rb.num_rows
-                    w.write_batch(rb)
+                    w.write_batch(rb.cast(SEGMENT_SCHEMA) if rb.schema != SEGMENT_SCHEMA else rb)
         finally:
             con.close()
         self._discard(seg)

@@ -1,6 +1,6 @@
 """Dataset rows in immutable Parquet segments.
 
-A segment is a zstd Parquet file in the artifact store, named by its sha256. A version's manifest is an
+A segment is a snappy Parquet file in the artifact store, named by its sha256. A version's manifest is an
 ordered list of segments. "base" segments hold rows with distinct `row_id`s; "delta" segments (edits,
 deletes) may repeat a `row_id` from an earlier segment and win over it (newest first), a delete being a
 tombstone row with `deleted = true`. Reads merge them in DuckDB. Freezing compacts a manifest with deltas
@@ -64,6 +64,9 @@ ROW_HASH_SQL = (
     """ ELSE to_json(prompt) END || ',"response":' || to_json(response) || ',"metadata":' || metadata || '}'))"""
 )
 ROW_GROUP_ROWS = 65_536
+# snappy: half the CPU of zstd to write and to read, for ~1.5x the bytes (docs/decisions/0031). Readers
+# take any codec, so segments written with another one stay readable.
+SEGMENT_COMPRESSION = "snappy"
 SEGMENT_DICTIONARY = ["response", "prompt_messages", "deleted"]  # low-cardinality columns only
 SEGMENT_STATISTICS = ["row_id", "ord", "deleted"]  # what reads filter on
 
@@ -232,7 +235,7 @@ class SegmentWriter:
                     self._writer = pq.ParquetWriter(
                         self._path,
                         SEGMENT_SCHEMA,
-                        compression="zstd",
+                        compression=SEGMENT_COMPRESSION,
                         use_dictionary=SEGMENT_DICTIONARY,
                         write_statistics=SEGMENT_STATISTICS,
                     )
@@ -271,7 +274,7 @@ class SegmentWriter:
             self.abort()
             raise self._error
         if self._writer is None:  # no rows: still a valid, empty segment
-            pq.write_table(SEGMENT_SCHEMA.empty_table(), self._path, compression="zstd")
+            pq.write_table(SEGMENT_SCHEMA.empty_table(), self._path, compression=SEGMENT_COMPRESSION)
         key, digest, size = self.artifacts.put_file(self._path, prefix="segments", suffix=".parquet")
         return SegmentInfo(
             key=key, sha256=digest, rows=self.rows, bytes=size, kind=self.kind, deletes=self.deletes
