@@ -1,6 +1,8 @@
 """Upload benchmark: opentracy against `datasets.load_dataset("json", ...)` on a 1M-row JSONL file.
 
 Run by hand (never in CI):  make bench-upload   or   .venv/bin/python bench/upload.py [--rows 50000] [--repeat 3]
+[--layout spaced|compact]. The file is written as json.dumps writes it by default (spaced: 1M rows ~435 MB,
+the file the issue names) unless --layout compact.
 
 Every measurement runs in a fresh Python process with a fresh data directory, so its peak RSS (VmHWM from
 /proc, in MiB, imports included) belongs to that measurement alone. Only the measured call is timed:
@@ -188,17 +190,18 @@ def count_lines(path: Path) -> int:
     return n
 
 
-def ensure_jsonl(work: Path, rows: int) -> Path:
-    path = work / f"rows-{rows}.jsonl"
+def ensure_jsonl(work: Path, rows: int, layout: str = "spaced") -> Path:
+    path = work / (f"rows-{rows}.jsonl" if layout == "compact" else f"rows-{rows}-{layout}.jsonl")
     if path.exists() and count_lines(path) == rows:
         print(f"reusing {path}", flush=True)
         return path
     print(f"writing {rows:,} rows to {path} ...", flush=True)
     tmp = path.with_suffix(".tmp")
     subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gen_jsonl.py"), "--rows", str(rows), "--out", str(tmp)],
+        [sys.executable, str(ROOT / "bench" / "gen_jsonl.py"), "--rows", str(rows), "--out", str(tmp),
+         "--layout", layout],
         check=True,
-    )
+    )  # fmt: skip
     tmp.replace(path)
     return path
 
@@ -417,6 +420,12 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows in the JSONL file (default 1,000,000)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/opentracy-bench"), help="work directory")
     ap.add_argument("--repeat", type=int, default=1, help="runs of every measurement; medians are reported")
+    ap.add_argument(
+        "--layout",
+        choices=["spaced", "compact"],
+        default="spaced",
+        help="JSONL as json.dumps writes it by default (spaced, ~435 MB for 1M rows, the issue's file) or compact",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-args", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -429,7 +438,7 @@ def main() -> None:
         ap.error(f"--rows must be more than {N_EDIT + N_DELETE}")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    file = ensure_jsonl(work, args.rows)
+    file = ensure_jsonl(work, args.rows, args.layout)
     runs: dict[str, list[dict]] = {"anchor": [], "library": [], "versions": [], "http": []}
 
     def note(what: str, r: dict) -> None:
@@ -471,7 +480,7 @@ def main() -> None:
 
     lines = summarize(args.rows, runs)
     print(
-        f"\n{args.rows:,} rows, {file.stat().st_size / 1e6:.0f} MB JSONL; medians of {args.repeat} run(s), anchor of {2 * args.repeat}\n"
+        f"\n{args.rows:,} rows, {file.stat().st_size / 1e6:.0f} MB JSONL ({args.layout}); medians of {args.repeat} run(s), anchor of {2 * args.repeat}\n"
     )
     print_table(lines)
     d = runs["versions"][-1]["diff_counts"]
@@ -488,6 +497,7 @@ def main() -> None:
         "timestamp": stamp,
         "rows": args.rows,
         "file_bytes": file.stat().st_size,
+        "layout": args.layout,
         "repeat": args.repeat,
         "wall_seconds": round(time.time() - started, 1),
         "rss_unit": "MiB (VmHWM)",

@@ -402,29 +402,35 @@ class NeedsCarefulPath(Exception):
 # differently: a bad line, a blank line, a chat prompt, an empty row id, an unknown or repeated key.
 # A missing field and a JSON null read the same here and in the careful path (no row id: one is generated;
 # no metadata: {}). Keys are proven cheaply: a line that equals the four fields written back in order,
-# minified, holds exactly those keys; any other line has its keys listed by json_keys. Such a line is also
-# the row's canonical JSON (segments.ROW_HASH_SQL), so its md5 is the row hash and the hashing stage
-# skips it (row_hash NULL: the hashing stage computes it).
+# minified, holds exactly those keys; any other line has its keys listed by json_keys. The fields written
+# back (with "metadata":{} when it has none) are the row's canonical JSON (segments.ROW_HASH_SQL), so their
+# md5 is the row hash, and the hashing stage skips it; it is left NULL where the id is still to be
+# generated (the hashing stage computes it then).
 _DUCK_JSONL_SQL = """
 WITH j AS (
   SELECT line, json_transform(line, '{{"row_id":"JSON","prompt":"JSON","response":"JSON","metadata":"JSON"}}') AS f
   FROM read_csv('{path}', columns = {{'line': 'VARCHAR'}}, header = false, delim = chr(1), quote = '',
                 escape = '', auto_detect = false, max_line_size = 4194304, buffer_size = 8388608)
-), c AS (
-  SELECT line, f, line = concat('{{', '"row_id":' || f.row_id || ',', '"prompt":', f.prompt, ',"response":',
-                                f.response, ',"metadata":' || f.metadata, '}}') AS canonical
+), r AS (
+  SELECT line, f, concat('{{', '"row_id":' || f.row_id || ',', '"prompt":', f.prompt, ',"response":', f.response,
+                         ',"metadata":' || f.metadata, '}}') AS r
   FROM j
+), c AS (
+  SELECT line, f, r, line = r AS canonical FROM r
 ), k AS (
   SELECT *, CASE WHEN NOT canonical THEN json_keys(line) END AS k FROM c
 )
 SELECT f.row_id ->> '$' AS row_id, f.prompt ->> '$' AS prompt, false AS prompt_messages,
        f.response ->> '$' AS response, coalesce(f.metadata, '{{}}') AS metadata,
-       CASE WHEN canonical AND f.row_id IS NOT NULL AND f.metadata IS NOT NULL THEN unhex(md5(line)) END AS row_hash
+       CASE WHEN f.row_id IS NULL THEN NULL
+            WHEN f.metadata IS NOT NULL THEN unhex(md5(r))
+            ELSE unhex(md5(concat('{{"row_id":', f.row_id, ',"prompt":', f.prompt, ',"response":', f.response,
+                                  ',"metadata":{{}}}}'))) END AS row_hash
 FROM k
 WHERE CASE
-  WHEN f IS NULL OR f.prompt IS NULL OR f.response IS NULL OR left(f.prompt, 1) <> '"'
-    OR left(f.response, 1) <> '"' OR (f.row_id IS NOT NULL AND (left(f.row_id, 1) <> '"' OR f.row_id = '""'))
-    OR (f.metadata IS NOT NULL AND left(f.metadata, 1) <> '{{')
+  WHEN f IS NULL OR f.prompt IS NULL OR f.response IS NULL OR NOT prefix(f.prompt, '"') OR NOT prefix(f.response, '"')
+    OR (f.row_id IS NOT NULL AND (NOT prefix(f.row_id, '"') OR f.row_id = '""'))
+    OR (f.metadata IS NOT NULL AND NOT prefix(f.metadata, '{{'))
     OR (NOT canonical AND (k IS NULL OR NOT list_has_all(['row_id', 'prompt', 'response', 'metadata'], k)
                            OR len(k) <> len(list_distinct(k))))
   THEN error('opentracy: needs the careful path') ELSE true END
