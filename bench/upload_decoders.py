@@ -38,7 +38,7 @@ def main() -> None:
     full = args.work / f"rows-{max(sizes)}.jsonl"
     if not full.exists():
         subprocess.run([sys.executable, str(ROOT / "bench" / "gen_jsonl.py"), "--rows", str(max(sizes)),
-                        "--out", str(full)], check=True)  # fmt: skip
+                        "--out", str(full), "--layout", "compact"], check=True)  # fmt: skip
     engine = Engine(Settings.from_env(home=tempfile.mkdtemp(prefix="bench-decoders-"))).start()
     print(f"{'rows':>9}  {'MB':>6}  {'duckdb s':>9}  {'python s':>9}  duckdb/python")
     try:

@@ -57,8 +57,8 @@ ROW_COLUMNS = "row_id, ord, prompt, prompt_messages, response, metadata, row_has
 
 # The row hash covers everything a row says, and nothing about where it is stored: md5 of the row as one
 # canonical JSON object, keys in this order, minified by DuckDB's JSON writer (metadata is stored in that
-# form already; a chat prompt is stored as its JSON text). The JSONL decoder finds lines that are already
-# in this form and hands their md5 over, so a row read from them is not written out again to be hashed.
+# form already; a chat prompt is stored as its JSON text). The JSONL decoder has each field as minified
+# JSON text already, so it hashes the rows that carry their id and hands the hash over (`add`).
 ROW_HASH_SQL = (
     """unhex(md5('{"row_id":' || to_json(row_id) || ',"prompt":' || CASE WHEN prompt_messages THEN prompt"""
     """ ELSE to_json(prompt) END || ',"response":' || to_json(response) || ',"metadata":' || metadata || '}'))"""
@@ -198,9 +198,7 @@ class SegmentWriter:
                             self.problems.append((int(ords[i]), str(p)))
                 clusters = res.column("_cluster")
                 if clusters.null_count < res.num_rows:
-                    self.cluster_ids.update(
-                        c for c in pc.unique(clusters).drop_null().to_pylist() if c != "null"
-                    )
+                    self.cluster_ids.update(pc.unique(clusters).drop_null().to_pylist())  # JSON null: NULL
                 out = pa.table(
                     [
                         res.column("row_id"),
