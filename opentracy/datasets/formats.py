@@ -384,10 +384,9 @@ def _fast_chunk(chunk: bytes, first_line: int, progress: float) -> Batch | None:
     return Batch(t, np.arange(first_line, first_line + len(rows), dtype=np.int64), progress)
 
 
-# Below this size a file is decoded in Python. bench/upload_decoders.py (2 cores): the DuckDB decoder is no
-# faster up to ~100 MB (4 MB: 117 vs 79 ms), then 12% faster at 210 MB and 15% at 420 MB; it spends more
-# CPU in all, and wins by using the second core.
-FAST_JSONL_MIN_BYTES = 64 << 20
+# Below this size a file is decoded in Python. bench/upload_decoders.py (2 cores, 2026-12-01, whole upload
+# DuckDB / Python): 4.2 MB 0.19 / 0.16 s, 10.5 MB 0.21 / 0.23 s, 42 MB 0.59 / 0.92 s, 105 MB 1.28 / 2.27 s.
+FAST_JSONL_MIN_BYTES = 8 << 20
 
 
 class NeedsCarefulPath(Exception):
