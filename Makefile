@@ -26,9 +26,12 @@ lint: $(STAMP)
 bench-upload: $(STAMP)
 	$(BIN)/python bench/upload.py
 
-.PHONY: bench-upload-decoders
+.PHONY: bench-upload-decoders bench-segment-codecs
 bench-upload-decoders: $(STAMP)
 	$(BIN)/python bench/upload_decoders.py
+
+bench-segment-codecs: $(STAMP)
+	$(BIN)/python bench/segment_codecs.py
 
 bench-gateway: $(STAMP)
 	$(BIN)/python bench/gateway.py

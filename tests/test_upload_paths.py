@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from opentracy.datasets import formats
+from opentracy.engine import Engine
 from opentracy.errors import InvalidInput
 from opentracy.store.segments import ROW_HASH_SQL, duck
 
@@ -33,7 +34,7 @@ def _write(path: Path, rows: list[dict], *, ensure_ascii: bool, spaced: bool, cr
     return path
 
 
-def _hashes(engine, name: str) -> dict[str, tuple[bytes, bytes]]:  # type: ignore[no-untyped-def]
+def _hashes(engine: Engine, name: str) -> dict[str, tuple[bytes, bytes]]:
     """row_id -> (stored row hash, the hash ROW_HASH_SQL gives the stored row now)."""
     _, sql = engine.datasets._read_sql(name, None)
     con = duck()
@@ -44,7 +45,7 @@ def _hashes(engine, name: str) -> dict[str, tuple[bytes, bytes]]:  # type: ignor
     return {r[0]: (r[1], r[2]) for r in res}
 
 
-def _stored(engine, name: str) -> list[tuple]:  # type: ignore[no-untyped-def]
+def _stored(engine: Engine, name: str) -> list[tuple]:
     page = engine.datasets.rows(name, limit=100)
     hashes = _hashes(engine, name)
     assert all(stored == now for stored, now in hashes.values()), "a stored row hash is not the row's hash"

@@ -171,7 +171,7 @@ class _Checkpointer:
         while True:
             with self._lock:
                 paths = list(self._paths)
-            last = {p: n for p, n in last.items() if p in self._paths}  # forget closed catalogs
+            last = {p: last[p] for p in paths if p in last}  # forget closed catalogs
             worked = False
             for p in paths:
                 try:

@@ -64,7 +64,7 @@ ROW_HASH_SQL = (
     """ ELSE to_json(prompt) END || ',"response":' || to_json(response) || ',"metadata":' || metadata || '}'))"""
 )
 ROW_GROUP_ROWS = 65_536
-# snappy: half the CPU of zstd to write and to read, for ~1.5x the bytes (docs/decisions/0031). Readers
+# snappy: about half the CPU of zstd to write and to read, for ~1.4x the bytes (docs/decisions/0031). Readers
 # take any codec, so segments written with another one stay readable.
 SEGMENT_COMPRESSION = "snappy"
 SEGMENT_DICTIONARY = ["response", "prompt_messages", "deleted"]  # low-cardinality columns only
