@@ -24,6 +24,8 @@ TRICKY = [
                   "big": 12345678901234567, "float": 1.0, "exp": 1e300}},
     {"row_id": "k", "metadata": {"b": 1, "a": 2}, "response": "key order kept", "prompt": "fields in any order"},
     {"prompt": "another generated id", "response": "r2", "metadata": {"cluster_id": "7"}},
+    {"row_id": "s", "prompt": "separators inside strings", "response": "a, b: c",
+     "metadata": {"note": "p, q: r", "list": ["x,y", "k:v", ","], "n": {"a:": [{}, []]}}},
 ]  # fmt: skip
 
 
@@ -88,9 +90,9 @@ def test_both_decoders_store_the_same_rows(engine, tmp_path: Path, monkeypatch, 
     fast, careful = _stored(engine, "fast"), _stored(engine, "careful")
     assert fast == careful and len(fast) == len(rows)
     assert sum(r[0] == "r_<generated>" for r in fast) == 6
-    # the decoder hashes every row that has its id (6 of the 8, three times); the others get theirs with
+    # the decoder hashes every row that has its id (7 of the 9, three times); the others get theirs with
     # the generated id
-    assert hashed_by_decoder == 18
+    assert hashed_by_decoder == 21
 
 
 def test_a_file_the_duckdb_decoder_refuses_is_read_line_by_line(engine, tmp_path: Path, monkeypatch) -> None:
@@ -121,8 +123,15 @@ def test_a_file_the_duckdb_decoder_refuses_is_read_line_by_line(engine, tmp_path
     assert "bad" not in [d.name for d in engine.datasets.list()[0]]
     # a field of its own (kept as metadata by the careful path) and a repeated field: DuckDB leaves both
     # to the careful path, so the result is the careful path's
-    for k, text in enumerate(('{"prompt": "x", "response": "y", "extra": 1}',
-                              '{"prompt": "x", "response": "y", "prompt": "z"}')):  # fmt: skip
+    cases = (
+        '{"prompt": "x", "response": "y", "extra": 1}',
+        '{"prompt": "x", "response": "y", "prompt": "z"}',
+        '{"row_id": "z", "prompt": "x", "response": "y", "metadata": {"a": 1}, "metadata": {"b": 2}}',
+        '{"row_id": "z", "prompt": "x", "response": "y", "metadata": {"a": "p, q: r"}, "extra": 1}',
+        '{"row_id":"z","prompt":"x","response":"y","metadata":{"a":1},"extra":1}',
+        '{"row_id":"z","prompt":"x","response":"y","response":"w","metadata":{}}',
+    )
+    for k, text in enumerate(cases):
         f = tmp_path / f"keys{k}.jsonl"
         f.write_text(json.dumps(good[0]) + "\n" + text + "\n")
         engine.datasets.upload(f"keys{k}", f)
@@ -132,7 +141,52 @@ def test_a_file_the_duckdb_decoder_refuses_is_read_line_by_line(engine, tmp_path
         a, b = (engine.datasets.rows(n, limit=10).rows for n in (f"keys{k}", f"keys{k}-careful"))
         assert [(r.prompt, r.metadata) for r in a] == [(r.prompt, r.metadata) for r in b]
     assert engine.datasets.rows("keys0", limit=10).rows[1].metadata == {"extra": 1}
-    assert len(refused) == 4
+    assert len(refused) == 2 + len(cases)
+
+
+@pytest.mark.parametrize("layout", ["compact", "spaced"])
+def test_keys_of_compact_and_json_dumps_lines_are_proven_without_a_second_parse(
+    engine, tmp_path: Path, monkeypatch, layout: str
+) -> None:
+    # Lines as json.dumps writes them by default (", " and ": ") or minified need no json_keys: with it
+    # made to fail, such a file still goes through DuckDB; one line in another layout does not.
+    monkeypatch.setattr(formats, "_DUCK_JSONL_SQL", formats._DUCK_JSONL_SQL.replace(
+        "json_keys(line)", "error('json_keys ran')"))  # fmt: skip
+    assert "json_keys(" not in formats._DUCK_JSONL_SQL
+    refused: list[str] = []
+    real = formats.duck_jsonl
+
+    def spy(s, **kw):  # type: ignore[no-untyped-def]
+        try:
+            yield from real(s, **kw)
+        except formats.NeedsCarefulPath as e:
+            refused.append(str(e))
+            raise
+
+    monkeypatch.setattr(formats, "duck_jsonl", spy)
+    sep = (", ", ": ") if layout == "spaced" else (",", ":")
+    rows = [
+        # every third with escapes: written back by to_json rather than by quoting
+        {"row_id": f"x{i}", "prompt": f"p {i}, with: separators" + ('\n"quoted" \\' if i % 3 == 0 else ""),
+         "response": "r",
+         "metadata": {"source_trace_id": f"t{i}", "cluster_id": i % 3, "judge_score": 0.5, "tags": ["a", "b"],
+                      "nested": {"k": [1, {"z": None}]}}}
+        for i in range(20)
+    ]  # fmt: skip
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r, separators=sep) + "\n" for r in rows))
+    engine.datasets.upload("proven", src)
+    assert refused == []
+    # a separator inside a metadata string makes the spaced text differ: that line needs json_keys
+    other = tmp_path / "other.jsonl"
+    odd = {**rows[0], "row_id": "odd", "metadata": {"note": "a, b"}}
+    other.write_text(src.read_text() + json.dumps(odd, separators=sep) + "\n")
+    engine.datasets.upload("other", other)
+    if layout == "spaced":
+        assert len(refused) == 1 and "json_keys ran" in refused[0]
+    else:
+        assert refused == []
+    assert engine.datasets.rows("other", limit=30).rows[-1].metadata == {"note": "a, b"}
 
 
 METADATA_CASES = [
@@ -161,3 +215,92 @@ def test_the_segment_writer_checks_metadata_as_the_careful_path_does(meta: dict)
     finally:
         con.close()
     assert problem == check_metadata(meta)
+
+
+def _fuzz_lines(n: int, seed: int) -> list[str]:
+    """JSONL lines built from pieces that test the DuckDB decoder's proofs: every key missing, repeated
+    or unknown, every JSON type where a string belongs, escapes, separators inside strings, odd layouts."""
+    import random
+
+    rnd = random.Random(seed)
+    strings = ["plain", 'a "quoted" word', "back\\slash", "new\nline", "tab\t", "é 😀", "sep, a: b", "", "/",
+               '{"x": 1}', "\u2028", "\\", '"', "x\\\"y", "nul\u0000"]  # fmt: skip
+    values = [*strings, 5, -1.5, True, None, ["a"], [{"role": "user", "content": "hi"}], {"a": 1}, {}]
+    metas = [{}, {"a": 1}, {"tags": ["x", "y"]}, {"note": "p, q: r"}, {"cluster_id": 3, "judge_score": 0.5},
+             {"n": {"k": [1, {"z": None}]}}, {"s": 'q"\\'}, None, "meta", 7, ["x"]]  # fmt: skip
+    layouts = [(",", ":"), (", ", ": "), (",", ": "), (" ,", " : "), (",  ", ":")]
+    lines = []
+    for _ in range(n):
+        pairs: list[tuple[str, object]] = []
+        for key in ("row_id", "prompt", "response", "metadata"):
+            if rnd.random() < 0.12 and key != "prompt":
+                continue  # missing
+            good = rnd.random() < 0.7
+            if key == "metadata":
+                pairs.append((key, rnd.choice(metas[:7] if good else metas)))
+            else:
+                pairs.append((key, rnd.choice(strings if good else values)))
+        if rnd.random() < 0.15:
+            pairs.append((rnd.choice(["extra", "row_id", "prompt", "metadata"]), rnd.choice(values)))
+        if rnd.random() < 0.15:
+            rnd.shuffle(pairs)
+        item, key_sep = rnd.choice(layouts)
+        ascii_only = rnd.random() < 0.3
+        body = item.join(
+            json.dumps(k) + key_sep + json.dumps(v, ensure_ascii=ascii_only, separators=(item, key_sep))
+            for k, v in pairs
+        )  # fmt: skip
+        lines.append("{" + body + "}")
+    return lines
+
+
+def test_the_duckdb_decoder_keeps_only_what_the_careful_path_reads_the_same(tmp_path: Path) -> None:
+    # Soundness of the decoder's text proofs: for each line, DuckDB either refuses it (the careful path then
+    # reads the file) or keeps exactly what the careful path stores, with the row hash ROW_HASH_SQL gives.
+    # One query over all the lines, the decoder's refusal turned into a filter, each kept row with its line.
+    lines = _fuzz_lines(1500, seed=7)
+    path = tmp_path / "fuzz.jsonl"
+    path.write_text("".join(t + "\n" for t in lines), encoding="utf-8")
+    stop = "THEN error('opentracy: needs the careful path') ELSE true END"
+    sql = formats._DUCK_JSONL_SQL
+    assert stop in sql and sql.count("SELECT row_id, prompt, false AS prompt_messages") == 1
+    sql = sql.replace(stop, "THEN false ELSE true END").replace(
+        "SELECT row_id, prompt, false AS prompt_messages",
+        "SELECT line, row_id, prompt, false AS prompt_messages",
+    )
+    con = duck()
+    try:
+        kept = {r["line"]: r for r in con.sql(sql.format(path=str(path))).to_arrow_table().to_pylist()}
+        checked = 0
+        for i, text in enumerate(lines):
+            if text not in kept:
+                continue
+            one = tmp_path / f"{i}.jsonl"
+            one.write_text(text + "\n", encoding="utf-8")
+            errors = formats.Errors(file=one.name)
+            try:
+                (c,) = [
+                    b.table.to_pylist()
+                    for b in formats.read_jsonl(formats.SourceFile(one), formats.Mapping(), errors)
+                ]
+            except InvalidInput as e:
+                pytest.fail(f"DuckDB keeps a line the careful path refuses ({e}): {text!r}")
+            c = c[0]
+            (c_meta,) = con.execute("SELECT CAST(json(?) AS VARCHAR)", [c["metadata"]]).fetchone()
+            want_hash = None
+            if c["row_id"] is not None:
+                (want_hash,) = con.execute(
+                    f"SELECT {ROW_HASH_SQL} FROM (SELECT ? AS row_id, ? AS prompt, ? AS prompt_messages,"
+                    " ? AS response, ? AS metadata)",
+                    [c["row_id"], c["prompt"], c["prompt_messages"], c["response"], c_meta],
+                ).fetchone()
+            got = kept[text]
+            assert (got["row_id"], got["prompt"], got["prompt_messages"], got["response"], got["metadata"]) == (
+                c["row_id"], c["prompt"], c["prompt_messages"], c["response"], c_meta
+            ), text  # fmt: skip
+            assert got["row_hash"] == want_hash, text
+            checked += 1
+    finally:
+        con.close()
+    # both sides of the proofs were exercised
+    assert checked > 400 and len(lines) - checked > 400, (checked, len(lines))

@@ -395,43 +395,63 @@ class NeedsCarefulPath(Exception):
 
 
 # Every line of a spec JSONL file decoded in DuckDB: read as one text column (a control character as the
-# delimiter: JSON text cannot hold it raw), parsed once by json_transform into the four fields as JSON text
-# (minified), checked without coercion (a JSON string's text starts with '"', an object's with '{'), and
-# refused with error() — which stops the query — at the first line the careful path would treat
-# differently: a bad line, a blank line, a chat prompt, an empty row id, an unknown or repeated key.
-# A missing field and a JSON null read the same here and in the careful path (no row id: one is generated;
-# no metadata: {}). Keys are proven cheaply: a line that equals the four fields written back in order,
-# minified, holds exactly those keys; any other line has its keys listed by json_keys. The fields written
-# back (with "metadata":{} when it has none) are the row's canonical JSON (segments.ROW_HASH_SQL), so their
-# md5 is the row hash, and the hashing stage skips it; it is left NULL where the id is still to be
-# generated (the hashing stage computes it then).
+# delimiter: JSON text cannot hold it raw), parsed once by json_transform into the four fields as text
+# (strings unescaped, the metadata object minified), and refused with error() — which stops the query — at
+# the first line the careful path would treat differently: a bad line, a blank line, a wrong type, a chat
+# prompt, an empty row id, an unknown or repeated key. A missing field and a JSON null read the same here
+# and in the careful path (no row id: one is generated; no metadata: {}).
+#
+# json_transform turns any value into text (5 becomes '5'), so types and keys are proven by writing the
+# fields back as the row's canonical JSON `r` (segments.ROW_HASH_SQL: the four keys in order, minified)
+# and comparing it with the line. A line equal to `r` holds exactly those keys, strings where strings
+# belong and an object for metadata: its parse is `r`'s. So does a line equal to `r` in json.dumps'
+# default layout (", " and ": "; the metadata's separators spaced by replace(), which may alter a string's
+# contents — then the texts differ — but never where a token starts or ends). In a line without a
+# backslash no string has an escape, so none holds a quote or a control character (raw ones are not JSON)
+# and each is written back by quoting it; elsewhere to_json escapes them. Any other line has its keys
+# listed by json_keys and its types by json_type (two more parses). `r`'s md5 is the row hash, so the
+# hashing stage skips it; it is left NULL where the id is still to be generated (the hashing stage
+# computes it then). docs/decisions/0002 has the measurements.
 _DUCK_JSONL_SQL = """
 WITH j AS (
-  SELECT line, json_transform(line, '{{"row_id":"JSON","prompt":"JSON","response":"JSON","metadata":"JSON"}}') AS f
+  SELECT line, contains(line, '\\') AS esc,
+         json_transform(line, '{{"row_id":"VARCHAR","prompt":"VARCHAR","response":"VARCHAR","metadata":"VARCHAR"}}') AS f
   FROM read_csv('{path}', columns = {{'line': 'VARCHAR'}}, header = false, delim = chr(1), quote = '',
                 escape = '', auto_detect = false, max_line_size = 4194304, buffer_size = 8388608)
-), r AS (
-  SELECT line, f, concat('{{', '"row_id":' || f.row_id || ',', '"prompt":', f.prompt, ',"response":', f.response,
-                         ',"metadata":' || f.metadata, '}}') AS r
+), b AS (
+  SELECT line, esc, f.row_id AS row_id, f.prompt AS prompt, f.response AS response, f.metadata AS metadata,
+         CASE WHEN esc THEN concat('{{', '"row_id":' || to_json(f.row_id) || ',', '"prompt":', to_json(f.prompt),
+                                   ',"response":', to_json(f.response))
+              ELSE concat('{{', '"row_id":"' || f.row_id || '",', '"prompt":"', f.prompt, '","response":"', f.response, '"')
+              END AS head
   FROM j
+), r AS (
+  SELECT *, concat(head, ',"metadata":' || metadata, '}}') AS r FROM b
 ), c AS (
-  SELECT line, f, r, line = r AS canonical FROM r
+  SELECT *,
+         CASE WHEN line = r THEN true
+              WHEN esc THEN line = concat('{{', '"row_id": ' || to_json(row_id) || ', ', '"prompt": ', to_json(prompt),
+                                          ', "response": ', to_json(response),
+                                          ', "metadata": ' || replace(replace(metadata, ',', ', '), ':', ': '), '}}')
+              ELSE line = concat('{{', '"row_id": "' || row_id || '", ', '"prompt": "', prompt, '", "response": "',
+                                 response, '"', ', "metadata": ' || replace(replace(metadata, ',', ', '), ':', ': '), '}}')
+              END AS canonical
+  FROM r
 ), k AS (
-  SELECT *, CASE WHEN NOT canonical THEN json_keys(line) END AS k FROM c
+  SELECT *, CASE WHEN NOT canonical THEN json_keys(line) END AS k,
+            CASE WHEN NOT canonical THEN json_type(line, ['$.row_id', '$.prompt', '$.response', '$.metadata']) END AS t
+  FROM c
 )
-SELECT f.row_id ->> '$' AS row_id, f.prompt ->> '$' AS prompt, false AS prompt_messages,
-       f.response ->> '$' AS response, coalesce(f.metadata, '{{}}') AS metadata,
-       CASE WHEN f.row_id IS NULL THEN NULL
-            WHEN f.metadata IS NOT NULL THEN unhex(md5(r))
-            ELSE unhex(md5(concat('{{"row_id":', f.row_id, ',"prompt":', f.prompt, ',"response":', f.response,
-                                  ',"metadata":{{}}}}'))) END AS row_hash
+SELECT row_id, prompt, false AS prompt_messages, response, coalesce(metadata, '{{}}') AS metadata,
+       CASE WHEN row_id IS NULL THEN NULL
+            WHEN metadata IS NOT NULL THEN unhex(md5(r))
+            ELSE unhex(md5(concat(head, ',"metadata":{{}}}}'))) END AS row_hash
 FROM k
 WHERE CASE
-  WHEN f IS NULL OR f.prompt IS NULL OR f.response IS NULL OR NOT prefix(f.prompt, '"') OR NOT prefix(f.response, '"')
-    OR (f.row_id IS NOT NULL AND (NOT prefix(f.row_id, '"') OR f.row_id = '""'))
-    OR (f.metadata IS NOT NULL AND NOT prefix(f.metadata, '{{'))
+  WHEN prompt IS NULL OR response IS NULL OR row_id = '' OR (metadata IS NOT NULL AND NOT prefix(metadata, '{{'))
     OR (NOT canonical AND (k IS NULL OR NOT list_has_all(['row_id', 'prompt', 'response', 'metadata'], k)
-                           OR len(k) <> len(list_distinct(k))))
+                           OR len(k) <> len(list_distinct(k)) OR t[2] <> 'VARCHAR' OR t[3] <> 'VARCHAR'
+                           OR t[1] NOT IN ('VARCHAR', 'NULL') OR t[4] NOT IN ('OBJECT', 'NULL')))
   THEN error('opentracy: needs the careful path') ELSE true END
 """
 _DUCK_BATCH_SCHEMA = BATCH_SCHEMA.append(pa.field("row_hash", pa.binary()))
@@ -454,7 +474,7 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 65_536) -> Iterator[Bat
             with open(src.path, "rb") as f:
                 while buf := f.read(8 << 20):
                     src.sha256.update(buf)
-                    lines += buf.count(b"\n")
+                    lines += int(np.count_nonzero(np.frombuffer(buf, np.uint8) == 10))  # 2x bytes.count
                     last = buf[-1:]
             total_lines.append(lines + (1 if src.size and last != b"\n" else 0))
         except BaseException as e:
