@@ -30,6 +30,40 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+class HashingFile:
+    """A binary file open for writing that sha256-hashes every byte written (a sink for pyarrow's writers,
+    which write whole column chunks: few calls, and hashlib lets go of the GIL on large ones)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._f = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._h = hashlib.sha256()
+        self.closed = False
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._h.update(data)
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if not self.closed:
+            self._f.close()
+            self.closed = True
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
 class ArtifactStore:
     def __init__(self, url: str, cache_dir: str | os.PathLike[str] | None = None) -> None:
         self.url = url.rstrip("/")
@@ -73,10 +107,11 @@ class ArtifactStore:
         return removed
 
     def put_file(
-        self, local_path: str | os.PathLike[str], *, prefix: str, suffix: str = ""
+        self, local_path: str | os.PathLike[str], *, prefix: str, suffix: str = "", sha256: str | None = None
     ) -> tuple[str, str, int]:
-        """Move a finished local file into the store. Returns (key, sha256, size)."""
-        digest = sha256_file(local_path)
+        """Move a finished local file into the store. Returns (key, sha256, size). `sha256`: the file's
+        digest when the writer computed it on the way (HashingFile), so the file is not read again."""
+        digest = sha256 or sha256_file(local_path)
         size = os.path.getsize(local_path)
         key = f"{prefix}/{digest[:2]}/{digest}{suffix}"
         dest = self._full(key)

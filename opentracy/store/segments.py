@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from opentracy.errors import OpentracyError
-from opentracy.store.artifacts import ArtifactStore
+from opentracy.store.artifacts import ArtifactStore, HashingFile
 
 # DuckDB imports pandas, where installed, the first time a query reads a Python object (every hashing batch
 # does): ~0.4 s, paid here at import rather than inside the first upload.
@@ -167,6 +167,7 @@ class SegmentWriter:
         self._q_write: queue.Queue[Any] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._writer: pq.ParquetWriter | None = None
+        self._sink: HashingFile | None = None
         self._t_hash = threading.Thread(target=self._hash_loop, name="segment-hash", daemon=True)
         self._t_write = threading.Thread(target=self._write_loop, name="segment-write", daemon=True)
         self._t_hash.start()
@@ -236,8 +237,9 @@ class SegmentWriter:
                 if self._error is not None:
                     continue
                 if self._writer is None:
+                    self._sink = HashingFile(self._path)  # hashed as written: not read again by put_file
                     self._writer = pq.ParquetWriter(
-                        self._path,
+                        self._sink,
                         SEGMENT_SCHEMA,
                         compression=SEGMENT_COMPRESSION,
                         use_dictionary=SEGMENT_DICTIONARY,
@@ -269,7 +271,11 @@ class SegmentWriter:
             self._t_hash.join()
             self._t_write.join()
             if self._writer is not None:
-                self._writer.close()
+                try:
+                    self._writer.close()
+                finally:
+                    if self._sink is not None:
+                        self._sink.close()
 
     def close(self) -> SegmentInfo:
         """Finish writing and move the file into the store under its content address."""
@@ -277,9 +283,14 @@ class SegmentWriter:
         if self._error is not None:
             self.abort()
             raise self._error
+        digest = None
         if self._writer is None:  # no rows: still a valid, empty segment
             pq.write_table(SEGMENT_SCHEMA.empty_table(), self._path, compression=SEGMENT_COMPRESSION)
-        key, digest, size = self.artifacts.put_file(self._path, prefix="segments", suffix=".parquet")
+        elif self._sink is not None:
+            digest = self._sink.hexdigest()
+        key, digest, size = self.artifacts.put_file(
+            self._path, prefix="segments", suffix=".parquet", sha256=digest
+        )
         return SegmentInfo(
             key=key, sha256=digest, rows=self.rows, bytes=size, kind=self.kind, deletes=self.deletes
         )
