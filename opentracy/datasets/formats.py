@@ -419,20 +419,26 @@ WITH j AS (
   FROM read_csv('{path}', columns = {{'line': 'VARCHAR'}}, header = false, delim = chr(1), quote = '',
                 escape = '', auto_detect = false, max_line_size = 4194304, buffer_size = 8388608)
 ), b AS (
-  SELECT line, esc, f.row_id AS row_id, f.prompt AS prompt, f.response AS response, f.metadata AS metadata,
-         CASE WHEN esc THEN concat('{{', '"row_id":' || to_json(f.row_id) || ',', '"prompt":', to_json(f.prompt),
-                                   ',"response":', to_json(f.response))
-              ELSE concat('{{', '"row_id":"' || f.row_id || '",', '"prompt":"', f.prompt, '","response":"', f.response, '"')
-              END AS head
-  FROM j
+  SELECT line, esc, f.row_id AS row_id, f.prompt AS prompt, f.response AS response, f.metadata AS metadata FROM j
 ), r AS (
-  SELECT *, concat(head, ',"metadata":' || metadata, '}}') AS r FROM b
+  SELECT *,
+         CASE WHEN esc THEN concat('{{', '"row_id":' || to_json(row_id) || ',', '"prompt":', to_json(prompt),
+                                   ',"response":', to_json(response), ',"metadata":' || metadata, '}}')
+              WHEN row_id IS NOT NULL AND metadata IS NOT NULL  -- the usual line: one concat, no parts to join first
+                THEN concat('{{"row_id":"', row_id, '","prompt":"', prompt, '","response":"', response, '","metadata":',
+                            metadata, '}}')
+              ELSE concat('{{', '"row_id":"' || row_id || '",', '"prompt":"', prompt, '","response":"', response, '"',
+                          ',"metadata":' || metadata, '}}') END AS r
+  FROM b
 ), c AS (
   SELECT *,
          CASE WHEN line = r THEN true
               WHEN esc THEN line = concat('{{', '"row_id": ' || to_json(row_id) || ', ', '"prompt": ', to_json(prompt),
                                           ', "response": ', to_json(response),
                                           ', "metadata": ' || replace(replace(metadata, ',', ', '), ':', ': '), '}}')
+              WHEN row_id IS NOT NULL AND metadata IS NOT NULL
+                THEN line = concat('{{"row_id": "', row_id, '", "prompt": "', prompt, '", "response": "', response,
+                                   '", "metadata": ', replace(replace(metadata, ',', ', '), ':', ': '), '}}')
               ELSE line = concat('{{', '"row_id": "' || row_id || '", ', '"prompt": "', prompt, '", "response": "',
                                  response, '"', ', "metadata": ' || replace(replace(metadata, ',', ', '), ':', ': '), '}}')
               END AS canonical
@@ -445,7 +451,10 @@ WITH j AS (
 SELECT row_id, prompt, false AS prompt_messages, response, coalesce(metadata, '{{}}') AS metadata,
        CASE WHEN row_id IS NULL THEN NULL
             WHEN metadata IS NOT NULL THEN unhex(md5(r))
-            ELSE unhex(md5(concat(head, ',"metadata":{{}}}}'))) END AS row_hash
+            WHEN esc THEN unhex(md5(concat('{{"row_id":', to_json(row_id), ',"prompt":', to_json(prompt), ',"response":',
+                                           to_json(response), ',"metadata":{{}}}}')))
+            ELSE unhex(md5(concat('{{"row_id":"', row_id, '","prompt":"', prompt, '","response":"', response,
+                                  '","metadata":{{}}}}'))) END AS row_hash
 FROM k
 WHERE CASE
   WHEN prompt IS NULL OR response IS NULL OR row_id = '' OR (metadata IS NOT NULL AND NOT prefix(metadata, '{{'))
