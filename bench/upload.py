@@ -14,7 +14,8 @@ Every measurement runs in a fresh Python process with a fresh data directory, so
   versions on the library run's data: freeze v1, new_version, update ~1,000 rows + delete 100 + add 100,
            freeze v2, diff v1 -> v2 (peak RSS per step, reset between steps through /proc/self/clear_refs)
 
-The anchor runs before and after the opentracy measurements; its median over all runs is the reference.
+Anchor runs alternate with the opentracy runs (one more anchor than opentracy runs); the table's reference is
+the anchors' median, and each run is also given against the mean of the two anchors beside it.
 The table is printed and written as JSON to bench/results/upload-<timestamp>.json (git-ignored).
 """
 
@@ -317,6 +318,15 @@ def machine_info() -> dict:
     }
 
 
+def paired_ratios(runs: dict[str, list[dict]]) -> dict[str, list[float]]:
+    """Per run: (mean of the anchor runs just before and after it) / (its seconds), for library and http."""
+    a = [r["seconds"] for r in runs["anchor"]]
+    return {
+        k: [round((a[i] + a[i + 1]) / 2 / r["seconds"], 3) for i, r in enumerate(runs[k]) if i + 1 < len(a)]
+        for k in ("library", "http")
+    }
+
+
 def summarize(rows: int, runs: dict[str, list[dict]]) -> list[dict]:
     """One line per measurement: medians, ratio to the anchor, goals and whether they were met."""
 
@@ -447,11 +457,12 @@ def main() -> None:
         print(f"  {what}: {r['seconds']:.2f} s, peak RSS {rss:.0f} MB{extra}", flush=True)
 
     started = time.time()
+    # Anchors and opentracy runs alternate (anchor, opentracy, anchor, ..., anchor), so every run has an
+    # anchor on each side: the machine's speed drifts over minutes, and the paired ratios below follow it.
     for i in range(args.repeat):
-        print(f"anchor (before) {i + 1}/{args.repeat}", flush=True)
-        runs["anchor"].append(measure_anchor(file, work, f"before{i}"))
+        print(f"anchor {i + 1}/{args.repeat + 1}", flush=True)
+        runs["anchor"].append(measure_anchor(file, work, f"a{i}"))
         note("load_dataset", runs["anchor"][-1])
-    for i in range(args.repeat):
         print(f"opentracy {i + 1}/{args.repeat}", flush=True)
         lib, ver = measure_library_and_versions(file, work, args.rows, str(i))
         runs["library"].append(lib)
@@ -461,10 +472,9 @@ def main() -> None:
             print(f"  {k}: {ver[k]['seconds']:.2f} s, peak RSS {ver[k]['rss_mb']:.0f} MB", flush=True)
         runs["http"].append(measure_http(file, work, str(i)))
         note("http upload (client)", runs["http"][-1])
-    for i in range(args.repeat):
-        print(f"anchor (after) {i + 1}/{args.repeat}", flush=True)
-        runs["anchor"].append(measure_anchor(file, work, f"after{i}"))
-        note("load_dataset", runs["anchor"][-1])
+    print(f"anchor {args.repeat + 1}/{args.repeat + 1}", flush=True)
+    runs["anchor"].append(measure_anchor(file, work, f"a{args.repeat}"))
+    note("load_dataset", runs["anchor"][-1])
 
     problems = [
         f"{k} read {r['rows']:,} rows"
@@ -480,9 +490,13 @@ def main() -> None:
 
     lines = summarize(args.rows, runs)
     print(
-        f"\n{args.rows:,} rows, {file.stat().st_size / 1e6:.0f} MB JSONL ({args.layout}); medians of {args.repeat} run(s), anchor of {2 * args.repeat}\n"
+        f"\n{args.rows:,} rows, {file.stat().st_size / 1e6:.0f} MB JSONL ({args.layout}); medians of {args.repeat} run(s), anchor of {args.repeat + 1}\n"
     )
     print_table(lines)
+    paired = paired_ratios(runs)
+    for k, v in paired.items():
+        print(f"{k} x anchor, each run against the mean of the anchors either side: median {statistics.median(v):.2f}"
+              f" (runs: {', '.join(f'{x:.2f}' for x in v)})")  # fmt: skip
     d = runs["versions"][-1]["diff_counts"]
     print(
         f"\ndiff v1 -> v2 found: added {d['added']:,}, removed {d['removed']:,}, changed {d['changed']:,}, unchanged {d['unchanged']:,}"
@@ -503,6 +517,7 @@ def main() -> None:
         "rss_unit": "MiB (VmHWM)",
         "machine": machine_info(),
         "summary": lines,
+        "paired_ratios": paired,
         "problems": problems,
         "runs": runs,
     }
