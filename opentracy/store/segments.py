@@ -287,12 +287,12 @@ class SegmentWriter:
             self._q_hash.put(_STOP)
             self._t_hash.join()
             self._t_write.join()
-            if self._writer is not None:
-                try:
+            try:
+                if self._writer is not None:
                     self._writer.close()
-                finally:
-                    if self._sink is not None:
-                        self._sink.close()
+            finally:
+                if self._sink is not None:
+                    self._sink.close()
 
     def close(self) -> SegmentInfo:
         """Finish writing and move the file into the store under its content address."""
