@@ -841,7 +841,9 @@ def test_metadata_type_errors_read_the_same_on_both_paths(engine, tmp_path):
     # an unknown top-level key sends the chunk down the careful path
     slow = write_bytes(tmp_path, "slow.jsonl", jsonl(J({**bad, "extra": 1})))
     # with a row id the decoder hashes the row, and the segment writer only runs the checks on it
-    hashed = write_bytes(tmp_path, "hashed.jsonl", jsonl(J({"row_id": "a", **bad}), J({"row_id": "b", **bad})))
+    hashed = write_bytes(
+        tmp_path, "hashed.jsonl", jsonl(J({"row_id": "a", **bad}), J({"row_id": "b", **bad}))
+    )
     messages = []
     for path in (fast, slow, hashed):
         with pytest.raises(InvalidInput) as e:
