@@ -60,6 +60,22 @@ def _stored(engine: Engine, name: str) -> list[tuple]:
     ]  # fmt: skip
 
 
+def _record_refusals(monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
+    """Every NeedsCarefulPath the DuckDB decoder raises from now on, as its message."""
+    refused: list[str] = []
+    real = formats.duck_jsonl
+
+    def spy(s, **kw):  # type: ignore[no-untyped-def]
+        try:
+            yield from real(s, **kw)
+        except formats.NeedsCarefulPath as e:
+            refused.append(str(e))
+            raise
+
+    monkeypatch.setattr(formats, "duck_jsonl", spy)
+    return refused
+
+
 @pytest.mark.parametrize("variant", ["ascii", "utf8-spaced", "crlf", "utf8-compact"])
 def test_both_decoders_store_the_same_rows(engine, tmp_path: Path, monkeypatch, variant: str) -> None:
     rows = TRICKY * 3
@@ -96,17 +112,7 @@ def test_both_decoders_store_the_same_rows(engine, tmp_path: Path, monkeypatch, 
 
 
 def test_a_file_the_duckdb_decoder_refuses_is_read_line_by_line(engine, tmp_path: Path, monkeypatch) -> None:
-    refused: list[str] = []
-    real = formats.duck_jsonl
-
-    def spy(s, **kw):  # type: ignore[no-untyped-def]
-        try:
-            yield from real(s, **kw)
-        except formats.NeedsCarefulPath as e:
-            refused.append(str(e))
-            raise
-
-    monkeypatch.setattr(formats, "duck_jsonl", spy)
+    refused = _record_refusals(monkeypatch)
     good = [{"prompt": f"p{i}", "response": "r"} for i in range(5)]
     # chat prompts, JSON nulls and blank lines are the careful path's: accepted there
     chat = {"prompt": [{"role": "user", "content": "hi"}], "response": "hello"}
@@ -153,17 +159,7 @@ def test_keys_of_compact_and_json_dumps_lines_are_proven_without_a_second_parse(
     monkeypatch.setattr(formats, "_DUCK_JSONL_SQL", formats._DUCK_JSONL_SQL.replace(
         "json_keys(line)", "error('json_keys ran')"))  # fmt: skip
     assert "json_keys(" not in formats._DUCK_JSONL_SQL
-    refused: list[str] = []
-    real = formats.duck_jsonl
-
-    def spy(s, **kw):  # type: ignore[no-untyped-def]
-        try:
-            yield from real(s, **kw)
-        except formats.NeedsCarefulPath as e:
-            refused.append(str(e))
-            raise
-
-    monkeypatch.setattr(formats, "duck_jsonl", spy)
+    refused = _record_refusals(monkeypatch)
     sep = (", ", ": ") if layout == "spaced" else (",", ":")
     rows = [
         # every third with escapes: written back by to_json rather than by quoting

@@ -31,8 +31,9 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 class HashingFile:
-    """A binary file open for writing that sha256-hashes every byte written (a sink for pyarrow's writers,
-    which write whole column chunks: few calls, and hashlib lets go of the GIL on large ones)."""
+    """A binary file open for writing that sha256-hashes every byte written: a sink for pyarrow's Parquet
+    writer, which only calls write() (whole column chunks: few calls, and hashlib lets go of the GIL on large
+    ones) and reads `closed`."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._f = open(path, "wb")  # noqa: SIM115 - closed by close()
@@ -42,18 +43,6 @@ class HashingFile:
     def write(self, data: bytes | memoryview) -> int:
         self._h.update(data)
         return self._f.write(data)
-
-    def flush(self) -> None:
-        self._f.flush()
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
 
     def close(self) -> None:
         if not self.closed:
