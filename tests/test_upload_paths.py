@@ -300,3 +300,31 @@ def test_the_duckdb_decoder_keeps_only_what_the_careful_path_reads_the_same(tmp_
         con.close()
     # both sides of the proofs were exercised
     assert checked > 400 and len(lines) - checked > 400, (checked, len(lines))
+
+
+def test_small_duckdb_batches_are_gathered_in_order() -> None:
+    import pyarrow as pa
+
+    sizes = [3, 0, 4, 5, 2, 1]
+    start = [0]
+    batches = []
+    for n in sizes:
+        batches.append(pa.record_batch({"x": list(range(start[0], start[0] + n))}))
+        start[0] += n
+    reader = pa.RecordBatchReader.from_batches(batches[0].schema, batches)
+    groups = list(formats._gathered(reader, 6))
+    assert [[b.num_rows for b in g] for g in groups] == [[3, 4], [5, 2], [1]]
+    assert [x for g in groups for b in g for x in b.column(0).to_pylist()] == list(range(sum(sizes)))
+
+
+def test_the_duckdb_decoder_numbers_lines_across_batches(tmp_path: Path) -> None:
+    rows = [{"row_id": f"r{i}", "prompt": f"p {i}", "response": "ok"} for i in range(5000)]
+    path = _write(tmp_path / "many.jsonl", rows, ensure_ascii=True, spaced=True)
+    src = formats.SourceFile(path)
+    batches = list(formats.duck_jsonl(src, rows_per_batch=1000))
+    assert len(batches) >= 2
+    ids = [rid for b in batches for rid in b.table.column("row_id").to_pylist()]
+    lines = [int(n) for b in batches for n in b.lines]
+    assert ids == [r["row_id"] for r in rows]
+    assert lines == list(range(1, 5001))
+    assert src.sha256.hexdigest() == __import__("hashlib").sha256(path.read_bytes()).hexdigest()

@@ -497,7 +497,9 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 65_536) -> Iterator[Bat
     guess = max(1, round(src.size * max(1, head.count(b"\n")) / max(1, len(head))))
     hasher = threading.Thread(target=digest, name="source-hash", daemon=True)
     hasher.start()
-    con = duck(memory_limit="192MB")
+    # The scan needs little memory of its own; a higher limit only raised peak RSS (192 MB: ~35 MB more than
+    # 96 MB, at the same speed).
+    con = duck(memory_limit="128MB")
     done = 0
     try:
         import duckdb
@@ -505,15 +507,9 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 65_536) -> Iterator[Bat
         path = str(src.path).replace("'", "''")
         try:
             reader = con.sql(_DUCK_JSONL_SQL.format(path=path)).to_arrow_reader(batch_size=rows_per_batch)
-            while True:
-                try:
-                    rb = reader.read_next_batch()
-                except StopIteration:
-                    break
-                n = rb.num_rows
-                if not n:
-                    continue
-                table = pa.Table.from_batches([rb]).cast(_DUCK_BATCH_SCHEMA)
+            for rbs in _gathered(reader, rows_per_batch):
+                table = pa.Table.from_batches(rbs).cast(_DUCK_BATCH_SCHEMA)
+                n = table.num_rows
                 lines = np.arange(done + 1, done + n + 1, dtype=np.int64)
                 done += n
                 expect = total_lines[0] if total_lines else max(guess, done + 1)
@@ -530,6 +526,23 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 65_536) -> Iterator[Bat
     finally:
         con.close()
         hashed.wait()
+
+
+def _gathered(reader: pa.RecordBatchReader, rows: int) -> Iterator[list[pa.RecordBatch]]:
+    """A reader's record batches in groups of at least `rows` rows (the last one may be smaller). DuckDB
+    hands out one ~10k-row batch per chunk of its parallel scan; every batch costs the later stages a query
+    plan and a Parquet row group, so they are gathered first (~0.3 CPU-s per 1M rows)."""
+    pending: list[pa.RecordBatch] = []
+    waiting = 0
+    for rb in reader:
+        if rb.num_rows:
+            pending.append(rb)
+            waiting += rb.num_rows
+            if waiting >= rows:
+                yield pending
+                pending, waiting = [], 0
+    if pending:
+        yield pending
 
 
 def _slow_chunk(chunk: bytes, first_line: int, norm: Normaliser, progress: float) -> Batch:
