@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -306,11 +307,8 @@ def test_small_duckdb_batches_are_gathered_in_order() -> None:
     import pyarrow as pa
 
     sizes = [3, 0, 4, 5, 2, 1]
-    start = [0]
-    batches = []
-    for n in sizes:
-        batches.append(pa.record_batch({"x": list(range(start[0], start[0] + n))}))
-        start[0] += n
+    ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+    batches = [pa.record_batch({"x": list(range(e - n, e))}) for n, e in zip(sizes, ends, strict=True)]
     reader = pa.RecordBatchReader.from_batches(batches[0].schema, batches)
     groups = list(formats._gathered(reader, 6))
     assert [[b.num_rows for b in g] for g in groups] == [[3, 4], [5, 2], [1]]
@@ -327,4 +325,4 @@ def test_the_duckdb_decoder_numbers_lines_across_batches(tmp_path: Path) -> None
     lines = [int(n) for b in batches for n in b.lines]
     assert ids == [r["row_id"] for r in rows]
     assert lines == list(range(1, 5001))
-    assert src.sha256.hexdigest() == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+    assert src.sha256.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -531,7 +531,7 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 65_536) -> Iterator[Bat
 def _gathered(reader: pa.RecordBatchReader, rows: int) -> Iterator[list[pa.RecordBatch]]:
     """A reader's record batches in groups of at least `rows` rows (the last one may be smaller). DuckDB
     hands out one ~10k-row batch per chunk of its parallel scan; every batch costs the later stages a query
-    plan and a Parquet row group, so they are gathered first (~0.3 CPU-s per 1M rows)."""
+    plan, so they are gathered first (~0.4 CPU-s less per 1M rows; docs/decisions/0002)."""
     pending: list[pa.RecordBatch] = []
     waiting = 0
     for rb in reader:
