@@ -14,7 +14,10 @@ from opentracy.store.tables import JobRecord
 
 
 def test_job_succeeds_with_progress_result_and_logs(engine):
+    go = threading.Event()  # held until the submitted record is checked: a quick job could end before
+
     def work(ctx):
+        assert go.wait(10)
         for i in range(3):
             ctx.progress(i / 3, f"step {i}")
             ctx.log(f"did step {i}")
@@ -23,6 +26,7 @@ def test_job_succeeds_with_progress_result_and_logs(engine):
     engine.jobs.register("test.work", work)
     job = engine.jobs.submit("test.work", {"x": 1})
     assert job.status in ("queued", "running") and job.params == {"x": 1}
+    go.set()
     done = engine.jobs.wait(job.id, timeout=10)
     assert done.status == "succeeded" and done.progress == 1.0 and done.result == {"answer": 42}
     assert done.started_at and done.finished_at and done.attempts == 1
