@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-import pyarrow.parquet as pq
 from sqlalchemy import func, select, update
 
 from opentracy.datasets.models import (
@@ -24,14 +23,11 @@ from opentracy.store.artifacts import ArtifactStore
 from opentracy.store.catalog import Catalog
 from opentracy.store.segments import (
     ROW_GROUP_ROWS,
-    SEGMENT_COMPRESSION,
-    SEGMENT_DICTIONARY,
-    SEGMENT_SCHEMA,
-    SEGMENT_STATISTICS,
     Manifest,
     SegmentInfo,
     duck,
     version_sql,
+    write_stored_rows,
 )
 from opentracy.store.tables import DatasetRecord, VersionRecord, utcnow
 
@@ -289,18 +285,10 @@ class DatasetCore:
         Rows are written in scan order (base rows keep theirs, edits land in place of nothing: readers order
         by `ord`), so compaction streams instead of sorting every row.
         """
-        tmp = self.artifacts.scratch_file("compact", ".parquet")
         reader = con.sql(
             f"SELECT row_id, ord, prompt, prompt_messages, response, metadata, row_hash, false AS deleted FROM ({rows_sql})"
         ).to_arrow_reader(batch_size=ROW_GROUP_ROWS)
-        n = 0
-        with pq.ParquetWriter(tmp, SEGMENT_SCHEMA, compression=SEGMENT_COMPRESSION, use_dictionary=SEGMENT_DICTIONARY,
-                              write_statistics=SEGMENT_STATISTICS) as w:  # fmt: skip
-            for rb in reader:
-                n += rb.num_rows
-                w.write_batch(rb.cast(SEGMENT_SCHEMA) if rb.schema != SEGMENT_SCHEMA else rb)
-        key, digest, size = self.artifacts.put_file(tmp, prefix="segments", suffix=".parquet")
-        return SegmentInfo(key=key, sha256=digest, rows=int(n), bytes=size, kind="base")
+        return write_stored_rows(self.artifacts, reader, scratch="compact")
 
     def _cluster_ids(self, con: Any, rows_sql: str) -> list[Any]:
         res = con.sql(

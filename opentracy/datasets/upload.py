@@ -28,15 +28,13 @@ from opentracy.datasets.models import (
 from opentracy.errors import Cancelled, Conflict, InvalidInput
 from opentracy.store.segments import (
     INPUT_SCHEMA,
-    SEGMENT_COMPRESSION,
-    SEGMENT_DICTIONARY,
-    SEGMENT_SCHEMA,
-    SEGMENT_STATISTICS,
+    ROW_GROUP_ROWS,
     Manifest,
     SegmentInfo,
     SegmentWriter,
     duck,
     version_sql,
+    write_stored_rows,
 )
 from opentracy.store.tables import DatasetRecord, VersionRecord, utcnow
 
@@ -306,21 +304,12 @@ class UploadMixin(DatasetCore):
             reader = con.sql(
                 f"SELECT * FROM read_parquet('{path}') WHERE NOT list_contains(?, ord) ORDER BY ord",
                 params=[sorted(drop)],
-            ).to_arrow_reader(batch_size=50_000)
-            tmp = self.artifacts.scratch_file("rewrite", ".parquet")
-            import pyarrow.parquet as pq
-
-            n = 0
-            with pq.ParquetWriter(tmp, SEGMENT_SCHEMA, compression=SEGMENT_COMPRESSION,
-                                  use_dictionary=SEGMENT_DICTIONARY, write_statistics=SEGMENT_STATISTICS) as w:  # fmt: skip
-                for rb in reader:
-                    n += rb.num_rows
-                    w.write_batch(rb.cast(SEGMENT_SCHEMA) if rb.schema != SEGMENT_SCHEMA else rb)
+            ).to_arrow_reader(batch_size=ROW_GROUP_ROWS)
+            out = write_stored_rows(self.artifacts, reader, scratch="rewrite")
         finally:
             con.close()
         self._discard(seg)
-        key, digest, size = self.artifacts.put_file(tmp, prefix="segments", suffix=".parquet")
-        return SegmentInfo(key=key, sha256=digest, rows=n, bytes=size, kind="base")
+        return out
 
     def _commit_upload(
         self,

@@ -258,13 +258,7 @@ class SegmentWriter:
                     continue
                 if self._writer is None:
                     self._sink = HashingFile(self._path)  # hashed as written: not read again by put_file
-                    self._writer = pq.ParquetWriter(
-                        self._sink,
-                        SEGMENT_SCHEMA,
-                        compression=SEGMENT_COMPRESSION,
-                        use_dictionary=SEGMENT_DICTIONARY,
-                        write_statistics=SEGMENT_STATISTICS,
-                    )
+                    self._writer = segment_parquet_writer(self._sink)
                 self._writer.write_table(t, row_group_size=ROW_GROUP_ROWS)
         except BaseException as e:
             self._error = e
@@ -326,6 +320,40 @@ class SegmentWriter:
         if not self._rid_hashes:
             return np.empty(0, np.uint64), np.empty(0, np.int64)
         return np.concatenate(self._rid_hashes), np.concatenate(self._ords)
+
+
+def segment_parquet_writer(sink: Any) -> pq.ParquetWriter:
+    """A Parquet writer with the segment schema, codecs, dictionary and statistics settings."""
+    return pq.ParquetWriter(
+        sink,
+        SEGMENT_SCHEMA,
+        compression=SEGMENT_COMPRESSION,
+        use_dictionary=SEGMENT_DICTIONARY,
+        write_statistics=SEGMENT_STATISTICS,
+    )
+
+
+def write_stored_rows(
+    artifacts: ArtifactStore, batches: Iterable[pa.RecordBatch], *, scratch: str
+) -> SegmentInfo:
+    """Rows already in stored form (SEGMENT_SCHEMA: ids, hashes and metadata final, as a compaction or a
+    rewrite reads them back) as one base segment, hashed as it is written."""
+    tmp = artifacts.scratch_file(scratch, ".parquet")
+    sink = HashingFile(tmp)
+    n = 0
+    try:
+        with segment_parquet_writer(sink) as w:
+            for rb in batches:
+                n += rb.num_rows
+                rb = rb.cast(SEGMENT_SCHEMA) if rb.schema != SEGMENT_SCHEMA else rb
+                w.write_batch(rb, row_group_size=ROW_GROUP_ROWS)
+    except BaseException:
+        sink.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    sink.close()
+    key, digest, size = artifacts.put_file(tmp, prefix="segments", suffix=".parquet", sha256=sink.hexdigest())
+    return SegmentInfo(key=key, sha256=digest, rows=n, bytes=size, kind="base")
 
 
 def write_segment(
