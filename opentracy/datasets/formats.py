@@ -50,7 +50,7 @@ _decode_any = msgspec.json.Decoder().decode
 @dataclass
 class Batch:
     table: pa.Table
-    lines: np.ndarray
+    lines: np.ndarray | range  # the line (or row) number of each row; a range where they run on unbroken
     progress: float  # 0..1 of the source read so far
 
 
@@ -381,7 +381,7 @@ def _fast_chunk(chunk: bytes, first_line: int, progress: float) -> Batch | None:
         ],
         schema=BATCH_SCHEMA,
     )
-    return Batch(t, np.arange(first_line, first_line + len(rows), dtype=np.int64), progress)
+    return Batch(t, range(first_line, first_line + len(rows)), progress)
 
 
 # Below this size a file is decoded in Python. bench/upload_decoders.py (2 cores, 2026-12-01, whole upload
@@ -510,7 +510,7 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 65_536) -> Iterator[Bat
             for rbs in _gathered(reader, rows_per_batch):
                 table = pa.Table.from_batches(rbs).cast(_DUCK_BATCH_SCHEMA)
                 n = table.num_rows
-                lines = np.arange(done + 1, done + n + 1, dtype=np.int64)
+                lines = range(done + 1, done + n + 1)
                 done += n
                 expect = total_lines[0] if total_lines else max(guess, done + 1)
                 src.bytes_read = min(src.size, int(src.size * done / expect))

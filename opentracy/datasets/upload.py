@@ -118,9 +118,7 @@ class UploadMixin(DatasetCore):
             writer.abort()
             raise
         try:
-            line_of = np.concatenate(lines) if lines else np.empty(0, np.int64)
-            rid_hashes, _ = writer.row_id_hashes()
-            drop = self._check_ids(src, seg, writer.problems, rid_hashes, line_of, base_ord, target)
+            drop = self._check_ids(src, seg, writer.problems, writer.row_id_hashes(), lines, base_ord, target)
             if drop:
                 seg = self._rewrite_without(seg, drop)
             if seg.rows == 0:  # only possible when skipping: every record was bad
@@ -184,9 +182,9 @@ class UploadMixin(DatasetCore):
         base_ord: int,
         progress: ProgressFn,
         cancelled: Callable[[], bool] | None,
-    ) -> tuple[int, list[np.ndarray]]:
+    ) -> tuple[int, list[np.ndarray | range]]:
         """Hand a source's batches to the segment writer with their ords; (rows, line numbers per batch)."""
-        lines: list[np.ndarray] = []
+        lines: list[np.ndarray | range] = []
         pos = 0
         for batch in batches:
             if cancelled and cancelled():
@@ -244,7 +242,7 @@ class UploadMixin(DatasetCore):
         seg: SegmentInfo,
         problems: list[tuple[int, str]],
         rid_hashes: np.ndarray,
-        line_of: np.ndarray,
+        lines: list[np.ndarray | range],
         base_ord: int,
         target: VersionRecord | None,
     ) -> set[int]:
@@ -253,8 +251,15 @@ class UploadMixin(DatasetCore):
         drop: set[int] = set()
         unit = src.errors.unit
 
+        line_of: list[np.ndarray] = []  # the line of every row, built only when a row needs naming
+
         def where(o: int) -> int:
-            return int(line_of[o - base_ord])
+            if not line_of:
+                parts = [
+                    np.arange(p.start, p.stop, dtype=np.int64) if isinstance(p, range) else p for p in lines
+                ]
+                line_of.append(np.concatenate(parts) if parts else np.empty(0, np.int64))
+            return int(line_of[0][o - base_ord])
 
         for o, problem in sorted(problems):
             src.errors(where(o), problem)

@@ -159,7 +159,6 @@ class SegmentWriter:
     rows: int = 0
     deletes: int = 0
     _rid_hashes: list[np.ndarray] = field(default_factory=list)
-    _ords: list[np.ndarray] = field(default_factory=list)
     # (ord, problem) for rows whose metadata has a known key of the wrong type
     problems: list[tuple[int, str]] = field(default_factory=list)
     # distinct metadata.cluster_id values, as JSON text
@@ -239,7 +238,6 @@ class SegmentWriter:
                     ],
                     schema=SEGMENT_SCHEMA,
                 )
-                self._ords.append(np.array(out.column("ord").to_numpy(), dtype=np.int64, copy=True))
                 self._q_write.put(out)
         except BaseException as e:  # handed to the caller's thread by add()/close()
             self._error = e
@@ -315,11 +313,11 @@ class SegmentWriter:
         if os.path.exists(self._path):
             os.unlink(self._path)
 
-    def row_id_hashes(self) -> tuple[np.ndarray, np.ndarray]:
-        """(hash of row_id, ord) for every row written, to find duplicate ids without keeping the strings."""
+    def row_id_hashes(self) -> np.ndarray:
+        """A 64-bit hash of every row id written, in order, to find repeated ids without keeping the strings."""
         if not self._rid_hashes:
-            return np.empty(0, np.uint64), np.empty(0, np.int64)
-        return np.concatenate(self._rid_hashes), np.concatenate(self._ords)
+            return np.empty(0, np.uint64)
+        return np.concatenate(self._rid_hashes)
 
 
 def segment_parquet_writer(sink: Any) -> pq.ParquetWriter:
