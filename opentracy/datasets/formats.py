@@ -466,7 +466,7 @@ WHERE CASE
 _DUCK_BATCH_SCHEMA = BATCH_SCHEMA.append(pa.field("row_hash", pa.binary()))
 
 
-def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 65_536) -> Iterator[Batch]:
+def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 32_768) -> Iterator[Batch]:
     """The rows of a spec JSONL file decoded by DuckDB: in parallel and off the GIL, so the decoding no
     longer holds back the rest of the pipeline (docs/decisions/0002). Yields the same batches as
     `read_jsonl` would for a clean file; raises NeedsCarefulPath, before or after some batches, when it meets anything else (the caller
