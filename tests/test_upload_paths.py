@@ -326,3 +326,31 @@ def test_the_duckdb_decoder_numbers_lines_across_batches(tmp_path: Path) -> None
     assert ids == [r["row_id"] for r in rows]
     assert lines == list(range(1, 5001))
     assert src.sha256.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("ids", [["a", "b", "c", "d"], ["a", "b", "a", "d"], ["x"]])
+def test_the_segment_writer_says_whether_row_ids_may_repeat(tmp_path: Path, ids: list[str]) -> None:
+    import pyarrow as pa
+
+    from opentracy.store.artifacts import ArtifactStore
+    from opentracy.store.segments import INPUT_SCHEMA, SegmentWriter
+
+    writer = SegmentWriter(ArtifactStore(str(tmp_path / "store")), id_salt="ds_test")
+    for half in (ids[: len(ids) // 2], ids[len(ids) // 2 :]):  # repeats across batches count too
+        n = len(half)
+        writer.add(
+            pa.table(
+                {
+                    "row_id": half,
+                    "ord": list(range(n)),
+                    "prompt": ["p"] * n,
+                    "prompt_messages": [False] * n,
+                    "response": ["r"] * n,
+                    "metadata": ["{}"] * n,
+                    "deleted": [False] * n,
+                },
+                schema=INPUT_SCHEMA,
+            )
+        )
+    writer.close()
+    assert writer.may_repeat_ids() == (len(set(ids)) < len(ids))

@@ -118,7 +118,9 @@ class UploadMixin(DatasetCore):
             writer.abort()
             raise
         try:
-            drop = self._check_ids(src, seg, writer.problems, writer.row_id_hashes(), lines, base_ord, target)
+            drop = self._check_ids(
+                src, seg, writer.problems, writer.may_repeat_ids(), lines, base_ord, target
+            )
             if drop:
                 seg = self._rewrite_without(seg, drop)
             if seg.rows == 0:  # only possible when skipping: every record was bad
@@ -241,7 +243,7 @@ class UploadMixin(DatasetCore):
         src: formats.OpenedSource,
         seg: SegmentInfo,
         problems: list[tuple[int, str]],
-        rid_hashes: np.ndarray,
+        may_repeat: bool,
         lines: list[np.ndarray | range],
         base_ord: int,
         target: VersionRecord | None,
@@ -265,24 +267,23 @@ class UploadMixin(DatasetCore):
             src.errors(where(o), problem)
             drop.add(o)
 
-        # Repeats inside the file: a cheap check on 64-bit hashes, then the exact ids from the segment.
-        if len(rid_hashes) > 1:
-            srt = np.sort(rid_hashes)
-            if np.any(srt[1:] == srt[:-1]):
-                path = self.artifacts.local_path(seg.key)
-                con = duck()
-                try:
-                    dups = con.sql(
-                        f"SELECT row_id, list(ord ORDER BY ord) FROM read_parquet('{path}') GROUP BY row_id "
-                        "HAVING count(*) > 1 ORDER BY min(ord)"
-                    ).fetchall()
-                finally:
-                    con.close()
-                for rid, o in dups:
-                    first = where(o[0])
-                    for later in o[1:]:
-                        src.errors(where(later), f"duplicate row_id {rid!r} (first seen at {unit} {first})")
-                        drop.add(int(later))
+        # Repeats inside the file: a cheap check on 64-bit hashes (by the segment writer), then the exact ids
+        # from the segment.
+        if may_repeat:
+            path = self.artifacts.local_path(seg.key)
+            con = duck()
+            try:
+                dups = con.sql(
+                    f"SELECT row_id, list(ord ORDER BY ord) FROM read_parquet('{path}') GROUP BY row_id "
+                    "HAVING count(*) > 1 ORDER BY min(ord)"
+                ).fetchall()
+            finally:
+                con.close()
+            for rid, o in dups:
+                first = where(o[0])
+                for later in o[1:]:
+                    src.errors(where(later), f"duplicate row_id {rid!r} (first seen at {unit} {first})")
+                    drop.add(int(later))
         vsql = None
         if target is not None and target.manifest:
             vsql = version_sql(self.artifacts, Manifest.of(target.manifest), verify=True, columns="row_id")

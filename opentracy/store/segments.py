@@ -158,7 +158,8 @@ class SegmentWriter:
     kind: str = "base"
     rows: int = 0
     deletes: int = 0
-    _rid_hashes: list[np.ndarray] = field(default_factory=list)
+    _rid_hashes: list[np.ndarray] = field(default_factory=list)  # 64-bit hashes of the row ids, per batch
+    _repeats: bool = False  # two of those hashes are equal (set when the hashing thread ends)
     # (ord, problem) for rows whose metadata has a known key of the wrong type
     problems: list[tuple[int, str]] = field(default_factory=list)
     # distinct metadata.cluster_id values, as JSON text
@@ -244,6 +245,15 @@ class SegmentWriter:
         finally:
             con.close()
             self._q_write.put(_STOP)
+        # Sorted while the writing thread writes the last row groups, rather than after it (~2% of an upload).
+        try:
+            if self._error is None and self._rid_hashes:
+                h = np.concatenate(self._rid_hashes)
+                self._rid_hashes.clear()
+                h.sort()
+                self._repeats = bool(np.any(h[1:] == h[:-1]))
+        except BaseException as e:
+            self._error = e
 
     # stage 3
     def _write_loop(self) -> None:
@@ -313,11 +323,11 @@ class SegmentWriter:
         if os.path.exists(self._path):
             os.unlink(self._path)
 
-    def row_id_hashes(self) -> np.ndarray:
-        """A 64-bit hash of every row id written, in order, to find repeated ids without keeping the strings."""
-        if not self._rid_hashes:
-            return np.empty(0, np.uint64)
-        return np.concatenate(self._rid_hashes)
+    def may_repeat_ids(self) -> bool:
+        """Whether two rows written may share a row id (their 64-bit hashes do; known after `close`). False
+        proves no id repeats; True asks the caller to look at the ids themselves."""
+        self._finish_threads()
+        return self._repeats
 
 
 def segment_parquet_writer(sink: Any) -> pq.ParquetWriter:
