@@ -335,7 +335,7 @@ def test_the_segment_writer_says_whether_row_ids_may_repeat(tmp_path: Path, ids:
     from opentracy.store.artifacts import ArtifactStore
     from opentracy.store.segments import INPUT_SCHEMA, SegmentWriter
 
-    writer = SegmentWriter(ArtifactStore(str(tmp_path / "store")), id_salt="ds_test")
+    writer = SegmentWriter(ArtifactStore(str(tmp_path / "store")), id_salt="ds_test", find_repeats=True)
     for half in (ids[: len(ids) // 2], ids[len(ids) // 2 :]):  # repeats across batches count too
         n = len(half)
         writer.add(

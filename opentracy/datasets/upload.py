@@ -88,7 +88,7 @@ class UploadMixin(DatasetCore):
                 dsid = new_id("ds")
         seq = self._reserve_write_seq(dsid) if ds is not None else 1
         base_ord = seq << 32
-        writer = SegmentWriter(self.artifacts, id_salt=dsid, kind="base")
+        writer = SegmentWriter(self.artifacts, id_salt=dsid, kind="base", find_repeats=True)
         try:
             if src.fast is not None:
                 try:
@@ -96,7 +96,7 @@ class UploadMixin(DatasetCore):
                 except formats.NeedsCarefulPath:
                     # Something in the file needs the line-by-line path (which names bad lines): start over.
                     writer.abort()
-                    writer = SegmentWriter(self.artifacts, id_salt=dsid, kind="base")
+                    writer = SegmentWriter(self.artifacts, id_salt=dsid, kind="base", find_repeats=True)
                     progress(0.0, "reading the file line by line")
                     src = formats.open_source(
                         path,

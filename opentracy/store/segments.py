@@ -158,6 +158,7 @@ class SegmentWriter:
     kind: str = "base"
     rows: int = 0
     deletes: int = 0
+    find_repeats: bool = False  # say whether row ids may repeat (`may_repeat_ids`), as uploads must
     _rid_hashes: list[np.ndarray] = field(default_factory=list)  # 64-bit hashes of the row ids, per batch
     _repeats: bool = False  # two of those hashes are equal (set when the hashing thread ends)
     # (ord, problem) for rows whose metadata has a known key of the wrong type
@@ -216,8 +217,12 @@ class SegmentWriter:
                         res.column("metadata"),
                         res.column("row_hash"),
                     )
-                # Copies: a view would keep the whole batch alive (Arrow's release callback is per batch).
-                self._rid_hashes.append(np.array(res.column("_rid").to_numpy(), dtype=np.uint64, copy=True))
+                if (
+                    self.find_repeats
+                ):  # a copy: a view would keep the whole batch alive (Arrow releases per batch)
+                    self._rid_hashes.append(
+                        np.array(res.column("_rid").to_numpy(), dtype=np.uint64, copy=True)
+                    )
                 if res.column("_problem").null_count < res.num_rows:
                     ords = b.column("ord").to_pylist()
                     for i, p in enumerate(res.column("_problem").to_pylist()):
@@ -247,7 +252,7 @@ class SegmentWriter:
             self._q_write.put(_STOP)
         # Sorted while the writing thread writes the last row groups, rather than after it (~2% of an upload).
         try:
-            if self._error is None and self._rid_hashes:
+            if self.find_repeats and self._error is None and self._rid_hashes:
                 h = np.concatenate(self._rid_hashes)
                 self._rid_hashes.clear()
                 h.sort()
@@ -326,6 +331,8 @@ class SegmentWriter:
     def may_repeat_ids(self) -> bool:
         """Whether two rows written may share a row id (their 64-bit hashes do; known after `close`). False
         proves no id repeats; True asks the caller to look at the ids themselves."""
+        if not self.find_repeats:
+            raise RuntimeError("this SegmentWriter was not asked to find repeated row ids")
         self._finish_threads()
         return self._repeats
 
