@@ -161,8 +161,15 @@ class _Checkpointer:
                 held = (sqlite3.connect(path, timeout=0, check_same_thread=False, isolation_level=None), ino)
                 self._conns[path] = held
             try:
-                busy, _log, done = held[0].execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                busy, log, done = held[0].execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except sqlite3.Error:
+                return 0
+            if log == -1:
+                # Not in WAL mode as this connection sees it: it was opened while the file was still empty,
+                # before the catalog switched it to WAL, and it never reads the header again. Connect afresh
+                # next time, or this database would never be checkpointed.
+                self._conns.pop(path, None)
+                self._close(held[0])
                 return 0
         return 0 if busy else int(done or 0)
 
