@@ -217,9 +217,8 @@ class SegmentWriter:
                         res.column("metadata"),
                         res.column("row_hash"),
                     )
-                if (
-                    self.find_repeats
-                ):  # a copy: a view would keep the whole batch alive (Arrow releases per batch)
+                # A copy: a view would keep the whole batch alive (Arrow's release callback is per batch).
+                if self.find_repeats:
                     self._rid_hashes.append(
                         np.array(res.column("_rid").to_numpy(), dtype=np.uint64, copy=True)
                     )
