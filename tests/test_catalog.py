@@ -26,6 +26,12 @@ def _rows_in_main_file(path: Path) -> int:
         conn.close()
 
 
+def _write_probe_rows(cat: Catalog, n: int) -> None:
+    with cat.engine.begin() as c:
+        c.execute(text("CREATE TABLE probe (x INTEGER)"))
+        c.execute(text("INSERT INTO probe (x) VALUES " + ", ".join(f"({i})" for i in range(n))))
+
+
 def _wait_for_rows_in_main_file(path: Path, n: int) -> None:
     # Far below the writer's own threshold: only the background thread can copy these pages.
     deadline = time.monotonic() + 10
@@ -40,9 +46,7 @@ def test_background_checkpoint_moves_committed_pages_into_the_database_file(tmp_
     try:
         with cat.engine.connect() as c:
             assert c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == WAL_SAFETY_PAGES
-        with cat.engine.begin() as c:
-            c.execute(text("CREATE TABLE probe (x INTEGER)"))
-            c.execute(text("INSERT INTO probe (x) VALUES (1), (2), (3)"))
+        _write_probe_rows(cat, 3)
         _wait_for_rows_in_main_file(path, 3)
     finally:
         cat.dispose()
@@ -60,9 +64,7 @@ def test_a_replaced_database_file_is_checkpointed_too(tmp_path: Path) -> None:
             p.unlink()
         cat = Catalog(f"sqlite:///{path}", migrate=False)
         try:
-            with cat.engine.begin() as c:
-                c.execute(text("CREATE TABLE probe (x INTEGER)"))
-                c.execute(text("INSERT INTO probe (x) VALUES (7)"))
+            _write_probe_rows(cat, 1)
             _wait_for_rows_in_main_file(path, 1)
         finally:
             cat.dispose()
@@ -81,9 +83,7 @@ def test_a_checkpoint_connection_opened_before_the_switch_to_wal_is_replaced(tmp
         CHECKPOINTER.checkpoint(key)  # connects to the database while it is not in WAL mode
         cat = Catalog(f"sqlite:///{path}", migrate=False)
         try:
-            with cat.engine.begin() as c:
-                c.execute(text("CREATE TABLE probe (x INTEGER)"))
-                c.execute(text("INSERT INTO probe (x) VALUES (1), (2), (3)"))
+            _write_probe_rows(cat, 3)
             _wait_for_rows_in_main_file(path, 3)
         finally:
             cat.dispose()

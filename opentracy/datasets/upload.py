@@ -253,54 +253,59 @@ class UploadMixin(DatasetCore):
         drop: set[int] = set()
         unit = src.errors.unit
 
-        line_of: list[np.ndarray] = []  # the line of every row, built only when a row needs naming
+        line_of: np.ndarray | None = None  # the line of every row, built only when a row needs naming
 
         def where(o: int) -> int:
-            if not line_of:
+            nonlocal line_of
+            if line_of is None:
                 parts = [
                     np.arange(p.start, p.stop, dtype=np.int64) if isinstance(p, range) else p for p in lines
                 ]
-                line_of.append(np.concatenate(parts) if parts else np.empty(0, np.int64))
-            return int(line_of[0][o - base_ord])
+                line_of = np.concatenate(parts) if parts else np.empty(0, np.int64)
+            return int(line_of[o - base_ord])
 
         for o, problem in sorted(problems):
             src.errors(where(o), problem)
             drop.add(o)
 
-        # Repeats inside the file: a cheap check on 64-bit hashes (by the segment writer), then the exact ids
-        # from the segment.
-        if may_repeat:
-            path = self.artifacts.local_path(seg.key)
-            con = duck()
-            try:
-                dups = con.sql(
-                    f"SELECT row_id, list(ord ORDER BY ord) FROM read_parquet('{path}') GROUP BY row_id "
-                    "HAVING count(*) > 1 ORDER BY min(ord)"
-                ).fetchall()
-            finally:
-                con.close()
-            for rid, o in dups:
-                first = where(o[0])
-                for later in o[1:]:
-                    src.errors(where(later), f"duplicate row_id {rid!r} (first seen at {unit} {first})")
-                    drop.add(int(later))
+        # Repeats inside the file (only when the segment writer found two equal 64-bit id hashes) and ids the
+        # version holds already: both read from the new segment, on one connection.
         vsql = None
         if target is not None and target.manifest:
             vsql = version_sql(self.artifacts, Manifest.of(target.manifest), verify=True, columns="row_id")
-        if vsql:
-            path = self.artifacts.local_path(seg.key)
-            con = duck()
-            try:
-                clash = con.sql(
-                    f"SELECT n.row_id, n.ord FROM read_parquet('{path}') n JOIN ({vsql}) e ON n.row_id = e.row_id ORDER BY n.ord"
+        if not (may_repeat or vsql):
+            return drop
+        path = self.artifacts.local_path(seg.key)
+        con = duck()
+        try:
+            dups = (
+                con.sql(
+                    f"SELECT row_id, list(ord ORDER BY ord) FROM read_parquet('{path}') GROUP BY row_id "
+                    "HAVING count(*) > 1 ORDER BY min(ord)"
                 ).fetchall()
-            finally:
-                con.close()
-            for rid, o in clash:
-                if int(o) in drop:
-                    continue
-                src.errors(where(o), f"row_id {rid!r} is already in the dataset; edit that row instead")
-                drop.add(int(o))
+                if may_repeat
+                else []
+            )
+            clash = (
+                con.sql(
+                    f"SELECT n.row_id, n.ord FROM read_parquet('{path}') n JOIN ({vsql}) e ON n.row_id = e.row_id "
+                    "ORDER BY n.ord"
+                ).fetchall()
+                if vsql
+                else []
+            )
+        finally:
+            con.close()
+        for rid, o in dups:
+            first = where(o[0])
+            for later in o[1:]:
+                src.errors(where(later), f"duplicate row_id {rid!r} (first seen at {unit} {first})")
+                drop.add(int(later))
+        for rid, o in clash:
+            if int(o) in drop:
+                continue
+            src.errors(where(o), f"row_id {rid!r} is already in the dataset; edit that row instead")
+            drop.add(int(o))
         return drop
 
     def _rewrite_without(self, seg: SegmentInfo, drop: set[int]) -> SegmentInfo:
