@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from pathlib import Path
 
 WORDS = [
     "account",
@@ -107,6 +108,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     rnd = random.Random(args.seed)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         separators = (", ", ": ") if args.layout == "spaced" else (",", ":")
         for i in range(args.rows):

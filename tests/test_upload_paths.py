@@ -265,9 +265,11 @@ def test_the_duckdb_decoder_keeps_only_what_the_careful_path_reads_the_same(tmp_
         "SELECT row_id, prompt, false AS prompt_messages",
         "SELECT line, row_id, prompt, false AS prompt_messages",
     )
-    con = duck()
+    con = formats.decode_connection()
     try:
-        kept = {r["line"]: r for r in con.sql(sql.format(path=str(path))).to_arrow_table().to_pylist()}
+        table = con.sql(sql.format(path=str(path))).to_arrow_table()
+        table = table.set_column(6, "row_hash", formats._digests(table.column("row_hash")))
+        kept = {r["line"]: r for r in table.to_pylist()}
         checked = 0
         for i, text in enumerate(lines):
             if text not in kept:
@@ -354,3 +356,18 @@ def test_the_segment_writer_says_whether_row_ids_may_repeat(tmp_path: Path, ids:
         )
     writer.close()
     assert writer.may_repeat_ids() == (len(set(ids)) < len(ids))
+
+
+def test_row_digests_are_the_md5_digests_whichever_form_duckdb_gives_them() -> None:
+    # The decoder takes md5_number's 128-bit integers as the digests' bytes (little-endian machines) and
+    # unhex(md5()) elsewhere; both must give the bytes hashlib gives, nulls kept.
+    texts = [f"row {i} é" for i in range(5000)] + [None]
+    con = formats.decode_connection()
+    try:
+        con.execute("CREATE TEMP TABLE t AS SELECT unnest(?) AS s", [texts])
+        got = con.sql("SELECT row_digest(s) AS n, unhex(md5(s)) AS b FROM t ORDER BY rowid").to_arrow_table()
+    finally:
+        con.close()
+    want = [hashlib.md5(t.encode()).digest() if t is not None else None for t in texts]
+    assert formats._digests(got.column("n")).to_pylist() == want
+    assert formats._digests(got.column("b")).to_pylist() == want
