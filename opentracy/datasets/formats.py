@@ -474,8 +474,9 @@ _ROW_DIGEST_MACRO = "CREATE TEMP MACRO row_digest(s) AS " + (
 
 
 def _digests(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    """`row_digest` values as 16-byte binaries: a decimal128's buffers read as fixed-size binary (no copy)."""
-    if not pa.types.is_decimal(col.type):
+    """`row_digest` values as 16-byte binaries: a decimal128's buffers read as fixed-size binary (no copy).
+    Any other type is cast, which fails loudly (and the upload takes the careful path) unless it is binary."""
+    if not pa.types.is_decimal128(col.type):
         return col.cast(pa.binary(16))
     return pa.chunked_array(
         [
@@ -536,7 +537,8 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 32_768) -> Iterator[Bat
             reader = con.sql(_DUCK_JSONL_SQL.format(path=path)).to_arrow_reader(batch_size=rows_per_batch)
             for rbs in _gathered(reader, rows_per_batch):
                 table = pa.Table.from_batches(rbs)
-                table = table.set_column(5, "row_hash", _digests(table.column(5))).cast(_DUCK_BATCH_SCHEMA)
+                i = table.schema.get_field_index("row_hash")
+                table = table.set_column(i, "row_hash", _digests(table.column(i))).cast(_DUCK_BATCH_SCHEMA)
                 n = table.num_rows
                 lines = range(done + 1, done + n + 1)
                 done += n
