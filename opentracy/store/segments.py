@@ -342,9 +342,8 @@ def _as_binary(col: pa.ChunkedArray) -> pa.ChunkedArray:
     ~30 MB more at the upload's peak (VmHWM 456-480 against 423-431 MB, 3 runs each)."""
     width = col.type.byte_width if pa.types.is_fixed_size_binary(col.type) else 0
     if not width or max((c.offset + len(c) for c in col.chunks), default=0) * width >= 1 << 31:
-        return col.cast(
-            pa.binary()
-        )  # not fixed-size, or too big for int32 offsets: the cast copies or refuses
+        # not fixed-size, or too big for int32 offsets: the cast copies or refuses
+        return col.cast(pa.binary())
     out = []
     for c in col.chunks:
         offsets = np.arange(c.offset + len(c) + 1, dtype=np.int32) * np.int32(width)
