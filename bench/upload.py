@@ -5,7 +5,8 @@ Run by hand (never in CI):  make bench-upload   or   .venv/bin/python bench/uplo
 the file the issue names) unless --layout compact.
 
 Every measurement runs in a fresh Python process with a fresh data directory, so its peak RSS (VmHWM from
-/proc, in MiB, imports included) belongs to that measurement alone. Only the measured call is timed:
+/proc, in MiB, imports included) belongs to that measurement alone. Only the measured call is timed, in
+wall seconds and in CPU seconds (user + system, all threads; for HTTP the client's and the server's):
 
   anchor   datasets.load_dataset("json", data_files=FILE, split="train", cache_dir=<fresh>)
   library  Engine(Settings.from_env(home=<fresh>)).datasets.upload("bench", FILE)
@@ -55,6 +56,12 @@ def peak_rss_mb(pid: int | str = "self") -> float:
     raise RuntimeError(f"no VmHWM for process {pid}")
 
 
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time of a process, all its threads, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def reset_peak_rss() -> None:
     """Make VmHWM start again from the current RSS (Linux >= 4.0)."""
     with open("/proc/self/clear_refs", "w") as f:
@@ -71,10 +78,10 @@ def child_anchor(file: str, home: str) -> dict:
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     ds = datasets.load_dataset("json", data_files=file, split="train", cache_dir=str(Path(home) / "cache"))
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "rows": ds.num_rows, "rss_mb": peak_rss_mb()}
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    return {"seconds": seconds, "cpu_s": cpu, "rows": ds.num_rows, "rss_mb": peak_rss_mb()}
 
 
 def child_library(file: str, home: str) -> dict:
@@ -83,23 +90,29 @@ def child_library(file: str, home: str) -> dict:
 
     engine = Engine(Settings.from_env(home=home))
     try:
-        t0 = time.perf_counter()
+        c0, t0 = cpu_seconds(), time.perf_counter()
         res = engine.datasets.upload(DATASET, file)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     finally:
         engine.close()
-    return {"seconds": seconds, "rows": res.rows_added, "skipped": res.skipped, "rss_mb": peak_rss_mb()}
+    return {
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "rows": res.rows_added,
+        "skipped": res.skipped,
+        "rss_mb": peak_rss_mb(),
+    }
 
 
 def child_http_client(file: str, url: str) -> dict:
     from opentracy.client import Distiller
 
     with Distiller(base_url=url, progress=False) as client:
-        t0 = time.perf_counter()
+        c0, t0 = cpu_seconds(), time.perf_counter()
         client.upload_dataset(DATASET, file)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         rows = client.get_dataset(DATASET).row_count
-    return {"seconds": seconds, "rows": rows, "rss_mb": peak_rss_mb()}
+    return {"seconds": seconds, "client_cpu_s": cpu, "rows": rows, "rss_mb": peak_rss_mb()}
 
 
 def child_versions(home: str, rows: int) -> dict:
@@ -262,7 +275,10 @@ def measure_http(file: Path, work: Path, tag: str) -> dict:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"the server did not start; see {log.name}") from None
                 time.sleep(0.1)
+        server_cpu = cpu_seconds(server.pid)
         res = run_child("http", file=str(file), url=url)
+        # the server's CPU over the upload (and the client's last lookup): it does nothing else meanwhile
+        res["cpu_s"] = res["client_cpu_s"] + cpu_seconds(server.pid) - server_cpu
         res["client_rss_mb"] = res.pop("rss_mb")
         res["server_rss_mb"] = peak_rss_mb(server.pid)
         return res
@@ -343,12 +359,14 @@ def summarize(rows: int, runs: dict[str, list[dict]]) -> list[dict]:
         goals: list[tuple[str, bool]],
         ratio: bool = False,
         rate: bool = True,
+        cpu: float | None = None,
     ) -> None:
         rps = rows / seconds if seconds and rate else None
         lines.append(
             {
                 "measurement": name,
                 "seconds": round(seconds, 3) if seconds is not None else None,
+                "cpu_s": round(cpu, 2) if cpu is not None else None,
                 "rows_per_s": round(rps) if rps else None,
                 "ratio_vs_anchor": round(rps / anchor_rps, 2) if ratio and rps else None,
                 "peak_rss_mb": rss,
@@ -361,7 +379,14 @@ def summarize(rows: int, runs: dict[str, list[dict]]) -> list[dict]:
     def rss_goal(rss: float) -> tuple[str, bool]:
         return (f"RSS < {RSS_GOAL_MB} MB", rss < RSS_GOAL_MB)
 
-    line("anchor: datasets.load_dataset", med("anchor", "seconds"), med("anchor", "rss_mb"), [], ratio=True)
+    line(
+        "anchor: datasets.load_dataset",
+        med("anchor", "seconds"),
+        med("anchor", "rss_mb"),
+        [],
+        ratio=True,
+        cpu=med("anchor", "cpu_s"),
+    )
     s, rss = med("library", "seconds"), med("library", "rss_mb")
     line(
         "library: Engine.datasets.upload",
@@ -369,6 +394,7 @@ def summarize(rows: int, runs: dict[str, list[dict]]) -> list[dict]:
         rss,
         [(">= 1.0x anchor", rows / s >= 1.0 * anchor_rps), rss_goal(rss)],
         True,
+        cpu=med("library", "cpu_s"),
     )
     s, rss = med("http", "seconds"), med("http", "server_rss_mb")
     line(
@@ -377,6 +403,7 @@ def summarize(rows: int, runs: dict[str, list[dict]]) -> list[dict]:
         rss,
         [(">= 0.7x anchor", rows / s >= 0.7 * anchor_rps), rss_goal(rss)],
         True,
+        cpu=med("http", "cpu_s"),
     )
     rss = med("http", "client_rss_mb")
     line("http: client process", None, rss, [rss_goal(rss)])
@@ -401,11 +428,12 @@ def print_table(lines: list[dict]) -> None:
             return "yes" if v else "NO"
         return format(v, spec)
 
-    head = ["measurement", "seconds", "rows/s", "x anchor", "peak RSS MB", "goal", "met?"]
+    head = ["measurement", "seconds", "CPU s", "rows/s", "x anchor", "peak RSS MB", "goal", "met?"]
     body = [
         [
             ln["measurement"],
             fmt(ln["seconds"], ".2f"),
+            fmt(ln["cpu_s"], ".2f"),
             fmt(ln["rows_per_s"], ","),
             fmt(ln["ratio_vs_anchor"], ".2f"),
             fmt(ln["peak_rss_mb"], ".0f"),
@@ -415,7 +443,7 @@ def print_table(lines: list[dict]) -> None:
         for ln in lines
     ]
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    right = {1, 2, 3, 4}
+    right = {1, 2, 3, 4, 5}
     for i, r in enumerate([head, *body]):
         cells = (
             c.rjust(w) if j in right else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True))
@@ -454,7 +482,8 @@ def main() -> None:
     def note(what: str, r: dict) -> None:
         extra = f", server {r['server_rss_mb']:.0f} MB" if "server_rss_mb" in r else ""
         rss = r.get("rss_mb", r.get("client_rss_mb"))
-        print(f"  {what}: {r['seconds']:.2f} s, peak RSS {rss:.0f} MB{extra}", flush=True)
+        cpu = f", {r['cpu_s']:.2f} CPU-s" if "cpu_s" in r else ""
+        print(f"  {what}: {r['seconds']:.2f} s{cpu}, peak RSS {rss:.0f} MB{extra}", flush=True)
 
     started = time.time()
     # Anchors and opentracy runs alternate (anchor, opentracy, anchor, ..., anchor), so every run has an
