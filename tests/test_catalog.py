@@ -40,6 +40,15 @@ def _wait_for_rows_in_main_file(path: Path, n: int) -> None:
     assert _rows_in_main_file(path) == n
 
 
+def _write_through_a_new_catalog_and_wait(path: Path, n: int) -> None:
+    cat = Catalog(f"sqlite:///{path}", migrate=False)
+    try:
+        _write_probe_rows(cat, n)
+        _wait_for_rows_in_main_file(path, n)
+    finally:
+        cat.dispose()
+
+
 def test_background_checkpoint_moves_committed_pages_into_the_database_file(tmp_path: Path) -> None:
     path = tmp_path / "catalog.db"
     cat = Catalog(f"sqlite:///{path}", migrate=False)
@@ -62,12 +71,7 @@ def test_a_replaced_database_file_is_checkpointed_too(tmp_path: Path) -> None:
         keep.engine.dispose()
         for p in tmp_path.glob("catalog.db*"):
             p.unlink()
-        cat = Catalog(f"sqlite:///{path}", migrate=False)
-        try:
-            _write_probe_rows(cat, 1)
-            _wait_for_rows_in_main_file(path, 1)
-        finally:
-            cat.dispose()
+        _write_through_a_new_catalog_and_wait(path, 1)
     finally:
         keep.dispose()
 
@@ -81,11 +85,6 @@ def test_a_checkpoint_connection_opened_before_the_switch_to_wal_is_replaced(tmp
     CHECKPOINTER.register(key)
     try:
         CHECKPOINTER.checkpoint(key)  # connects to the database while it is not in WAL mode
-        cat = Catalog(f"sqlite:///{path}", migrate=False)
-        try:
-            _write_probe_rows(cat, 3)
-            _wait_for_rows_in_main_file(path, 3)
-        finally:
-            cat.dispose()
+        _write_through_a_new_catalog_and_wait(path, 3)
     finally:
         CHECKPOINTER.unregister(key)

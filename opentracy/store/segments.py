@@ -287,7 +287,7 @@ class SegmentWriter:
             self.deletes += int(pa.compute.sum(table.column("deleted")).as_py() or 0)
         given = table.column("row_hash") if "row_hash" in table.column_names else None
         table = table.select(INPUT_SCHEMA.names).cast(INPUT_SCHEMA)
-        given = _as_binary(given) if given is not None else pa.nulls(table.num_rows, pa.binary())
+        given = given.cast(pa.binary()) if given is not None else pa.nulls(table.num_rows, pa.binary())
         self._q_hash.put(table.append_column("_given", given))
 
     def _finish_threads(self) -> None:
@@ -334,29 +334,6 @@ class SegmentWriter:
             raise RuntimeError("this SegmentWriter was not asked to find repeated row ids")
         self._finish_threads()
         return self._repeats
-
-
-def _as_binary(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Fixed-size binaries (the JSONL decoder's row hashes) as variable-size ones, the bytes not copied: the
-    offsets come from numpy. A cast would copy them into Arrow's pool, whose allocator (mimalloc) then held
-    ~30 MB more at the upload's peak (VmHWM 456-480 against 423-431 MB, 3 runs each)."""
-    width = col.type.byte_width if pa.types.is_fixed_size_binary(col.type) else 0
-    if not width or max((c.offset + len(c) for c in col.chunks), default=0) * width >= 1 << 31:
-        # not fixed-size, or too big for int32 offsets: the cast copies or refuses
-        return col.cast(pa.binary())
-    out = []
-    for c in col.chunks:
-        offsets = np.arange(c.offset + len(c) + 1, dtype=np.int32) * np.int32(width)
-        out.append(
-            pa.Array.from_buffers(
-                pa.binary(),
-                len(c),
-                [c.buffers()[0], pa.py_buffer(offsets), c.buffers()[1]],
-                c.null_count,
-                c.offset,
-            )
-        )
-    return pa.chunked_array(out, pa.binary())
 
 
 def segment_parquet_writer(sink: Any) -> pq.ParquetWriter:
