@@ -40,7 +40,7 @@ def _pg_reachable() -> str | None:
 
 @pytest.fixture(autouse=True)
 def duckdb_jsonl_for_every_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Spec JSONL uploads go through the DuckDB decoder whatever their size (in use, files under 64 MB are
+    """Spec JSONL uploads go through the DuckDB decoder whatever their size (in use, files under 8 MB are
     decoded in Python): every upload test then runs it, and, on bad input, its fall-back to the careful
     path. tests/test_upload_paths.py checks that both decoders store the same rows."""
     from opentracy.datasets import formats

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from conftest import free_port
 
 from opentracy.datasets import formats
 from opentracy.engine import Engine
@@ -378,3 +379,79 @@ def test_row_digests_are_the_md5_digests_whichever_form_duckdb_gives_them() -> N
     numbers = got.column("n").combine_chunks()
     sliced = pa.chunked_array([numbers.slice(4997, 4), numbers.slice(0, 2)])
     assert formats._digests(sliced).to_pylist() == want[4997:5001] + want[:2]
+
+
+_NO_PANDAS_SCRIPT = r"""
+import sys, threading, time
+from opentracy.config import Settings
+from opentracy.datasets import formats
+from opentracy.engine import Engine
+
+formats.FAST_JSONL_MIN_BYTES = 0  # the large-file decoder, whatever the size
+path, home = sys.argv[1], sys.argv[2]
+engine = Engine(Settings.from_env(home=home))
+engine.datasets.upload("library", path)
+engine.datasets.freeze("library")
+engine.datasets.new_version("library")
+engine.datasets.freeze("library")
+engine.datasets.diff("library", 1, 2)
+print("library", "pandas" in sys.modules)
+
+import uvicorn
+from opentracy import Distiller
+from opentracy.server import create_app
+
+server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=int(sys.argv[3]), log_level="warning"))
+threading.Thread(target=server.run, daemon=True).start()
+while not server.started:
+    time.sleep(0.02)
+Distiller(base_url=f"http://127.0.0.1:{sys.argv[3]}", progress=False).upload_dataset("http", path)
+print("http", "pandas" in sys.modules)
+server.should_exit = True
+"""
+
+
+def test_an_upload_leaves_pandas_unimported(tmp_path: Path) -> None:
+    """pyarrow imports pandas (~50 MB resident) the first time it converts a Python or numpy object; the
+    upload, freeze and diff of spec JSONL, in the library and through the server, must not need it."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    assert importlib.util.find_spec("pandas") is not None, (
+        "pandas must be installed for this test to mean anything"
+    )
+    rows = [
+        {"row_id": f"r{i}", "prompt": f"p {i}", "response": "ok", "metadata": {"tags": ["t"]}}
+        for i in range(3000)
+    ]
+    path = _write(tmp_path / "rows.jsonl", rows, ensure_ascii=True, spaced=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_PANDAS_SCRIPT, str(path), str(tmp_path / "home"), str(free_port())],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["library", "False", "http", "False"], out.stdout + out.stderr
+
+
+def test_arrow_helpers_match_pyarrow_and_refuse_what_they_cannot_convert() -> None:
+    import numpy as np
+
+    from opentracy._arrow import from_numpy, to_numpy
+
+    bools = np.array([True, False, True, True, False, False, False, False, True, True])
+    assert from_numpy(bools).equals(pa.array(bools))
+    assert from_numpy(bools[1:]).to_pylist() == bools[1:].tolist()
+    ints = np.arange(-5, 20, dtype=np.int64)
+    assert from_numpy(ints).equals(pa.array(ints))
+    assert from_numpy(ints[::3]).to_pylist() == ints[::3].tolist()  # not contiguous: copied
+    chunked = pa.chunked_array([pa.array([1, 2, 3], pa.uint64()).slice(1), pa.array([9], pa.uint64())])
+    got = to_numpy(chunked)
+    assert got.dtype == np.uint64 and got.tolist() == [2, 3, 9]
+    assert to_numpy(pa.array([0.5, 1.5], pa.float32())).tolist() == [0.5, 1.5]
+    with pytest.raises(ValueError, match="nulls"):
+        to_numpy(pa.array([1, None], pa.int64()))
+    with pytest.raises(TypeError, match="integers or floats"):
+        to_numpy(pa.array(["a"]))
+    with pytest.raises(ValueError, match="1-D"):
+        from_numpy(np.zeros((2, 2)))

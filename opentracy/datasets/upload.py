@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 from sqlalchemy import select
 
+from opentracy._arrow import from_numpy
 from opentracy.datasets import formats
 from opentracy.datasets._core import (
     DatasetCore,
@@ -193,7 +194,7 @@ class UploadMixin(DatasetCore):
                 raise Cancelled("upload cancelled; nothing was written")
             n = batch.table.num_rows
             if n:
-                ords = pa.array(np.arange(base_ord + pos, base_ord + pos + n, dtype=np.int64))
+                ords = from_numpy(np.arange(base_ord + pos, base_ord + pos + n, dtype=np.int64))
                 t = batch.table
                 t = pa.table(
                     {
@@ -203,7 +204,7 @@ class UploadMixin(DatasetCore):
                         "prompt_messages": t.column("prompt_messages"),
                         "response": t.column("response"),
                         "metadata": t.column("metadata"),
-                        "deleted": pa.array(np.zeros(n, dtype=bool)),
+                        "deleted": from_numpy(np.zeros(n, dtype=bool)),
                     },
                     schema=INPUT_SCHEMA,
                 )

@@ -13,7 +13,6 @@ messages when prompt_messages is true), prompt_messages, response, metadata (JSO
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import queue
@@ -28,13 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from opentracy._arrow import to_numpy
 from opentracy.errors import OpentracyError
 from opentracy.store.artifacts import ArtifactStore, HashingFile
-
-# DuckDB imports pandas, where installed, the first time a query reads a Python object (every hashing batch
-# does): ~0.4 s, paid here at import rather than inside the first upload.
-with contextlib.suppress(ImportError):
-    import pandas  # noqa: F401
 
 INPUT_SCHEMA = pa.schema(
     [
@@ -219,9 +214,7 @@ class SegmentWriter:
                     )
                 # A copy: a view would keep the whole batch alive (Arrow's release callback is per batch).
                 if self.find_repeats:
-                    self._rid_hashes.append(
-                        np.array(res.column("_rid").to_numpy(), dtype=np.uint64, copy=True)
-                    )
+                    self._rid_hashes.append(to_numpy(res.column("_rid")).view(np.uint64))
                 if res.column("_problem").null_count < res.num_rows:
                     ords = b.column("ord").to_pylist()
                     for i, p in enumerate(res.column("_problem").to_pylist()):
