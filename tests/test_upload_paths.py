@@ -412,7 +412,7 @@ server.should_exit = True
 
 
 def test_an_upload_leaves_pandas_unimported(tmp_path: Path) -> None:
-    """pyarrow imports pandas (~50 MB resident) the first time it converts a Python or numpy object; the
+    """pyarrow imports pandas (~45 MB resident) the first time it converts a Python or numpy object; the
     upload, freeze and diff of spec JSONL, in the library and through the server, must not need it."""
     import importlib.util
     import subprocess
