@@ -403,7 +403,10 @@ from opentracy.server import create_app
 
 server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=int(sys.argv[3]), log_level="warning"))
 threading.Thread(target=server.run, daemon=True).start()
+deadline = time.monotonic() + 30
 while not server.started:
+    if time.monotonic() > deadline:
+        sys.exit("the server did not start")
     time.sleep(0.02)
 Distiller(base_url=f"http://127.0.0.1:{sys.argv[3]}", progress=False).upload_dataset("http", path)
 print("http", "pandas" in sys.modules)
