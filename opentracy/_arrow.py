@@ -15,6 +15,8 @@ import pyarrow as pa
 def from_numpy(values: np.ndarray) -> pa.Array:
     """A 1-D numpy array of numbers or booleans as an Arrow array (no nulls; numbers without a copy)."""
     values = np.ascontiguousarray(values)
+    if not values.dtype.isnative:
+        values = values.astype(values.dtype.newbyteorder("="))
     if values.ndim != 1:
         raise ValueError(f"expected a 1-D array, got {values.ndim} dimensions")
     if values.dtype == np.bool_:
@@ -35,6 +37,8 @@ def to_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
         if c.null_count:
             raise ValueError("to_numpy: the array has nulls")
         n = len(c)
+        if n == 0:
+            continue
         out[at : at + n] = np.frombuffer(
             c.buffers()[1], dtype=dtype, count=n, offset=c.offset * dtype.itemsize
         )

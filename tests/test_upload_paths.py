@@ -452,6 +452,9 @@ def test_arrow_helpers_match_pyarrow_and_refuse_what_they_cannot_convert() -> No
     got = to_numpy(chunked)
     assert got.dtype == np.uint64 and got.tolist() == [2, 3, 9]
     assert to_numpy(pa.array([0.5, 1.5], pa.float32())).tolist() == [0.5, 1.5]
+    empty = pa.chunked_array([pa.array([], pa.int32()), pa.array([7], pa.int32()).slice(1)], pa.int32())
+    assert to_numpy(empty).tolist() == []
+    assert from_numpy(np.arange(3, dtype=">i4")).to_pylist() == [0, 1, 2]  # big-endian input
     with pytest.raises(ValueError, match="nulls"):
         to_numpy(pa.array([1, None], pa.int64()))
     with pytest.raises(TypeError, match="integers or floats"):
