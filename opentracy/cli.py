@@ -197,7 +197,19 @@ def ds_upload(
     click.echo(_version_line(got))
     up = next((p for p in reversed(got.provenance) if p.get("kind") == "upload"), None)
     if up and up.get("skipped"):
-        click.echo(f"skipped {up['skipped']} bad record(s); see the job log for each one", err=True)
+        for item in got.skipped:
+            where = f"line {item['line']}" if "line" in item else f"row {item.get('row')}"
+            click.echo(f"skipped {where}: {item['error']}", err=True)
+        more = up["skipped"] - len(got.skipped)
+        click.echo(
+            f"skipped {up['skipped']:,} bad record(s)"
+            + (
+                f" ({more:,} more than listed: only the first {len(got.skipped):,} are kept)"
+                if more > 0
+                else ""
+            ),
+            err=True,
+        )
     _warnings(got)
 
 

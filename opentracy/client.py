@@ -123,6 +123,9 @@ class Dataset:
     ref: str = ""
     parent: str | None = None
     provenance: list[dict[str, Any]] = field(default_factory=list)
+    # What the upload that returned this Dataset left out (`on_error="skip"`): {"line" (or "row"): n,
+    # "error": why}, the first 1,000; the upload step in `provenance` has the full count.
+    skipped: list[dict[str, Any]] = field(default_factory=list)
     _client: Distiller | None = field(default=None, repr=False)
 
     @classmethod
@@ -450,7 +453,9 @@ class Distiller:
         if not wait:
             return job
         job = self.wait_job(job.id, progress=progress)
-        return Dataset._from(self, job.result["version"])  # type: ignore[index]
+        ds = Dataset._from(self, job.result["version"])  # type: ignore[index]
+        ds.skipped = list(job.result.get("skipped_items") or [])  # type: ignore[union-attr]
+        return ds
 
     def freeze(
         self, name: str, version: int | str = "active", *, wait: bool = True, progress: bool | None = None

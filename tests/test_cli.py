@@ -199,6 +199,18 @@ def test_api_key_option(tmp_path, db_url, write_jsonl):
         eng.close()
 
 
+def test_upload_skip_bad_lists_each_skipped_line(server, write_jsonl):
+    bad = write_jsonl(
+        [*spec_rows(2), '{"prompt": "x", "response": 5}', *spec_rows(4)[2:], "{oops"], "bad.jsonl"
+    )
+    r = ok(server.url, "datasets", "upload", "lenient", str(bad), "--skip-bad")
+    assert r.stdout == "lenient-v1  active  4 rows\n"
+    skipped = [x for x in r.stderr.splitlines() if x.startswith("skipped")]
+    assert skipped[0].startswith("skipped line 3: ") and "'response' must be a string" in skipped[0]
+    assert skipped[1].startswith("skipped line 6: ") and "malformed JSON" in skipped[1]
+    assert skipped[2] == "skipped 2 bad record(s)"
+
+
 def test_mistakes_are_one_line_errors(server, tickets, write_jsonl):
     assert_one_line_error(run(server.url, "datasets", "show", "nope"), "error: no dataset named 'nope'")
     assert_one_line_error(run(server.url, "datasets", "rows", "nope"), "nope")

@@ -147,6 +147,22 @@ def test_upload_without_waiting_returns_a_job(client, write_jsonl):
     assert client.get_dataset("later").row_count == 30
 
 
+def test_upload_with_skip_lists_the_skipped_lines(client, write_jsonl):
+    lines = [*spec_rows(3), '{"prompt": "x", "response": 5}', "{oops", *spec_rows(5)[3:]]
+    ds = client.upload_dataset("skips", write_jsonl(lines), on_error="skip")
+    assert ds.row_count == 5
+    assert [i["line"] for i in ds.skipped] == [4, 5]
+    assert (
+        "'response' must be a string" in ds.skipped[0]["error"] and "malformed JSON" in ds.skipped[1]["error"]
+    )
+    step = [p for p in ds.provenance if p["kind"] == "upload"][-1]
+    assert step["skipped"] == 2
+    clean = client.upload_dataset("clean", write_jsonl(spec_rows(3), "clean.jsonl"))
+    assert (
+        clean.skipped == [] and client.get_dataset("skips").skipped == []
+    )  # only an upload's answer has them
+
+
 def test_freeze_new_version_diff_export_to_hf(client, tickets, tmp_path):
     frozen = tickets.freeze()
     assert frozen.status == "frozen" and frozen.content_hash and frozen.ref.startswith("tickets-v1@")
