@@ -249,6 +249,15 @@ def _ds_json(d: Any) -> dict[str, Any]:
     }
 
 
+def _utc(t: Any) -> str:
+    """A catalog time (UTC; naive where the database keeps no zone) for people."""
+    if t is None:
+        return "-"
+    from datetime import UTC
+
+    return f"{t.astimezone(UTC) if t.tzinfo else t:%Y-%m-%d %H:%M:%S} UTC"
+
+
 @datasets.command("show")
 @click.argument("name")
 @click.option("--version", default=None)
@@ -259,7 +268,11 @@ def ds_show(ctx: click.Context, name: str, version: str | None, as_json: bool) -
     c = _client(ctx)
     ds = c.get_dataset(name, version)
     if as_json:
-        click.echo(json.dumps({**_ds_json(ds), "provenance": ds.provenance}, indent=2, default=str))
+        times = {
+            k: t.isoformat() if t else None
+            for k, t in (("created_at", ds.created_at), ("frozen_at", ds.frozen_at))
+        }
+        click.echo(json.dumps({**_ds_json(ds), **times, "provenance": ds.provenance}, indent=2, default=str))
         return
     from rich.table import Table
 
@@ -268,6 +281,8 @@ def ds_show(ctx: click.Context, name: str, version: str | None, as_json: bool) -
     for v in c.list_versions(name):
         t.add_row(v.label, v.status, f"{v.row_count:,}", (v.content_hash or "")[:23], v.parent or "")
     con.print(t)
+    when = f"created {_utc(ds.created_at)}" + (f", frozen {_utc(ds.frozen_at)}" if ds.frozen_at else "")
+    con.print(f"[bold]{ds.label}[/bold] {when}")
     con.print(f"[bold]{ds.label}[/bold] provenance:")
     for step in ds.provenance:
         rest = ", ".join(

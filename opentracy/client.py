@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -108,6 +109,10 @@ class Job:
         return self._client.cancel_job(self.id)
 
 
+def _when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
 @dataclass
 class Dataset:
     """A dataset at one version. `rows()` yields its rows in order, a page at a time."""
@@ -126,6 +131,8 @@ class Dataset:
     # What the upload that returned this Dataset left out (`on_error="skip"`): {"line" (or "row"): n,
     # "error": why}, the first 1,000; the upload step in `provenance` has the full count.
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    created_at: datetime | None = None  # when this version was started (UTC)
+    frozen_at: datetime | None = None  # when it was frozen; None while active
     _client: Distiller | None = field(default=None, repr=False)
 
     @classmethod
@@ -142,6 +149,8 @@ class Dataset:
             ref=v.get("ref", v["label"]),
             parent=v.get("parent"),
             provenance=v.get("provenance", []),
+            created_at=_when(v.get("created_at")),
+            frozen_at=_when(v.get("frozen_at")),
             _client=client,
         )
 

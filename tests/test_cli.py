@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import pytest
 from click.testing import CliRunner, Result
@@ -122,8 +123,16 @@ def test_upload_list_show_rows(server, tickets, write_jsonl):
 def test_version_commands_and_export(server, tickets, tmp_path):
     r = ok(server.url, "datasets", "freeze", "tickets")
     assert "tickets-v1  frozen  300 rows" in r.stdout and "sha256:" in r.stdout
+    shown = ok(server.url, "datasets", "show", "tickets").stdout
+    assert re.search(
+        r"tickets-v1 created \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, frozen \d{4}-\d\d-\d\d ", shown
+    ), shown
+    times = json.loads(ok(server.url, "datasets", "show", "tickets", "--json").stdout)
+    assert times["created_at"] <= times["frozen_at"]
     r = ok(server.url, "datasets", "new-version", "tickets")
     assert "tickets-v2  active  300 rows" in r.stdout
+    shown = ok(server.url, "datasets", "show", "tickets").stdout
+    assert re.search(r"tickets-v2 created \d{4}-", shown) and "frozen 2" not in shown, shown
     with Distiller(base_url=server.url, progress=False) as c:
         c.add_rows("tickets", [{"row_id": "new1", "prompt": "p", "response": "r"}])
         c.delete_rows("tickets", ["r_0000000"])

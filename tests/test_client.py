@@ -164,8 +164,10 @@ def test_upload_with_skip_lists_the_skipped_lines(client, write_jsonl):
 
 
 def test_freeze_new_version_diff_export_to_hf(client, tickets, tmp_path):
+    assert tickets.frozen_at is None and tickets.created_at is not None
     frozen = tickets.freeze()
     assert frozen.status == "frozen" and frozen.content_hash and frozen.ref.startswith("tickets-v1@")
+    assert frozen.created_at == tickets.created_at and frozen.frozen_at >= frozen.created_at
     # freezing again is a Conflict; frozen data is the same when read back
     with pytest.raises(errors.Conflict):
         client.freeze("tickets", 1)
