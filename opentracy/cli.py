@@ -448,11 +448,26 @@ def jobs_list(ctx: click.Context, status: str | None) -> None:
 
 @jobs.command("show")
 @click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="The whole job record (params, result, error, times).")
 @click.pass_context
-def jobs_show(ctx: click.Context, job_id: str) -> None:
+def jobs_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """A job's state, times, error and log (its result too, with --json)."""
     c = _client(ctx)
+    if as_json:
+        click.echo(json.dumps(c._json("GET", f"/v1/jobs/{job_id}"), indent=2))
+        return
     j = c.get_job(job_id)
     click.echo(f"{j.id}  {j.kind}  {j.status}  {j.progress:.0%}  {j.message}")
+    times = f"  created {_utc(j.created_at)}"
+    if j.started_at:
+        times += f", started {_utc(j.started_at)}"
+    if j.finished_at:
+        times += f", ended {_utc(j.finished_at)}"
+        if j.started_at:
+            times += f" ({(j.finished_at - j.started_at).total_seconds():.1f} s)"
+    click.echo(times + (f"; {j.attempts} attempts" if j.attempts > 1 else ""))
+    if j.error:
+        click.echo(f"  error ({j.error.get('code', 'error')}): {j.error.get('message', '')}")
     for line in c.job_logs(job_id):
         click.echo(f"  {line['ts'][:19]}  {line['level']:5s}  {line['message']}")
 

@@ -86,6 +86,8 @@ class DatasetWarning:
 
 @dataclass
 class Job:
+    """A long operation on the server (upload, freeze, curation…): its state, result or error, and times."""
+
     id: str
     kind: str
     status: str
@@ -94,6 +96,10 @@ class Job:
     result: dict[str, Any] | None
     error: dict[str, Any] | None
     _client: Distiller = field(repr=False)
+    attempts: int = 0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
     @property
     def done(self) -> bool:
@@ -319,6 +325,10 @@ class Distiller:
             d.get("result"),
             d.get("error"),
             self,
+            attempts=d.get("attempts", 0),
+            created_at=_when(d.get("created_at")),
+            started_at=_when(d.get("started_at")),
+            finished_at=_when(d.get("finished_at")),
         )
 
     def get_job(self, job_id: str, *, wait: float = 0) -> Job:

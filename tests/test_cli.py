@@ -164,7 +164,7 @@ def test_version_commands_and_export(server, tickets, tmp_path):
     assert json.loads(ok(server.url, "datasets", "list", "--json").stdout) == []
 
 
-def test_jobs_list_and_show(server, tickets):
+def test_jobs_list_and_show(server, tickets, write_jsonl):
     with Distiller(base_url=server.url, progress=False) as c:
         jobs = c._json("GET", "/v1/jobs")["items"]
     assert len(jobs) == 1
@@ -176,9 +176,24 @@ def test_jobs_list_and_show(server, tickets):
     r = ok(server.url, "jobs", "list", "--status", "failed")
     assert job_id not in r.stdout
     r = ok(server.url, "jobs", "show", job_id)
-    first, *logs = r.stdout.splitlines()
+    first, times, *logs = r.stdout.splitlines()
     assert first.startswith(f"{job_id}  dataset.upload  succeeded  100%")
+    assert re.fullmatch(
+        r"  created [-\d: ]+ UTC, started [-\d: ]+ UTC, ended [-\d: ]+ UTC \(\d+\.\d s\)", times
+    ), times
     assert any("300 rows" in line for line in logs) and "succeeded" in logs[-1]
+    record = json.loads(ok(server.url, "jobs", "show", job_id, "--json").stdout)
+    assert record["id"] == job_id and record["result"]["rows_added"] == 300 and record["error"] is None
+    assert record["created_at"] <= record["started_at"] <= record["finished_at"]
+    with Distiller(base_url=server.url, progress=False) as c:  # a job that fails shows why
+        bad = c.upload_dataset(
+            "tickets", write_jsonl([{"prompt": "x", "response": 5}], "bad.jsonl"), wait=False
+        )
+        assert c.get_job(bad.id, wait=10).status == "failed"
+        assert bad.refresh().finished_at >= bad.refresh().created_at
+    r = ok(server.url, "jobs", "show", bad.id)
+    err = [x for x in r.stdout.splitlines() if x.startswith("  error")]
+    assert err and "invalid_input" in err[0] and "bad.jsonl, line 1" in err[0], r.stdout
     assert_one_line_error(run(server.url, "jobs", "show", "job_nope"), "job_nope")
     r = ok(server.url, "jobs", "cancel", job_id)  # a finished job stays as it ended
     assert r.stdout.strip() == f"{job_id}  succeeded"
