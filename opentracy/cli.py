@@ -390,16 +390,45 @@ def ds_diff(ctx: click.Context, name: str, a: str | None, b: str | None, limit: 
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["jsonl", "openai", "csv", "parquet"]),
+    type=click.Choice(["jsonl", "openai", "csv", "parquet", "hf"]),
     default="jsonl",
     show_default=True,
 )
 @click.option("--version", default=None)
+@click.option(
+    "--test-size",
+    type=float,
+    default=None,
+    help="hf: hold out a validation split (a fraction below 1, or a number of rows).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="hf: seed of the train/validation split."
+)
 @click.pass_context
-def ds_export(ctx: click.Context, name: str, path: str, fmt: str, version: str | None) -> None:
-    """Write a version to PATH as jsonl (spec rows), openai (chat fine-tuning), csv or parquet."""
-    dest = _client(ctx).export(name, path, format=fmt, version=version)
-    click.echo(f"wrote {dest}")
+def ds_export(
+    ctx: click.Context,
+    name: str,
+    path: str,
+    fmt: str,
+    version: str | None,
+    test_size: float | None,
+    seed: int,
+) -> None:
+    """Write a version to PATH as jsonl (spec rows), openai (chat fine-tuning), csv, parquet, or hf (a Hugging
+    Face `save_to_disk` folder; with --test-size, a DatasetDict of train and validation)."""
+    if fmt != "hf":
+        if test_size is not None:
+            fail("--test-size goes with --format hf")
+        dest = _client(ctx).export(name, path, format=fmt, version=version)
+        click.echo(f"wrote {dest}")
+        return
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        fail(f"{path} exists; a Hugging Face dataset is saved into a new or empty folder")
+    size: float | int | None = int(test_size) if test_size is not None and test_size >= 1 else test_size
+    hf = _client(ctx).to_hf(name, version=version, test_size=size, seed=seed)
+    hf.save_to_disk(path)
+    splits = {k: len(v) for k, v in hf.items()} if hasattr(hf, "items") else {"rows": len(hf)}
+    click.echo(f"wrote {path} (" + ", ".join(f"{k} {n:,}" for k, n in splits.items()) + ")")
 
 
 @datasets.command("delete")

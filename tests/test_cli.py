@@ -157,6 +157,38 @@ def test_version_commands_and_export(server, tickets, tmp_path):
     import pyarrow.parquet as pq
 
     assert pq.read_table(tmp_path / "v2.parquet").num_rows == 300
+    import datasets as hf_datasets
+
+    hf = tmp_path / "v1-hf"
+    r = ok(server.url, "datasets", "export", "tickets", str(hf), "--format", "hf", "--version", "1",
+           "--test-size", "0.1", "--seed", "7")  # fmt: skip
+    assert r.stdout.strip() == f"wrote {hf} (train 270, validation 30)"
+    saved = hf_datasets.load_from_disk(str(hf))
+    assert set(saved) == {"train", "validation"} and saved["validation"].num_rows == 30
+    again = tmp_path / "again"
+    ok(server.url, "datasets", "export", "tickets", str(again), "--format", "hf", "--version", "1",
+       "--test-size", "0.1", "--seed", "7")  # fmt: skip
+    assert hf_datasets.load_from_disk(str(again))["validation"]["row_id"] == saved["validation"]["row_id"]
+    r = ok(server.url, "datasets", "export", "tickets", str(tmp_path / "whole"), "--format", "hf")
+    assert r.stdout.strip() == f"wrote {tmp_path / 'whole'} (rows 300)"
+    assert hf_datasets.load_from_disk(str(tmp_path / "whole")).num_rows == 300
+    assert_one_line_error(
+        run(server.url, "datasets", "export", "tickets", str(hf), "--format", "hf"), "exists", "empty folder"
+    )
+    assert_one_line_error(
+        run(
+            server.url,
+            "datasets",
+            "export",
+            "tickets",
+            str(tmp_path / "x.csv"),
+            "--format",
+            "csv",
+            "--test-size",
+            "5",
+        ),
+        "--test-size goes with --format hf",
+    )
 
     r = ok(server.url, "datasets", "delete", "tickets", "--confirm", "tickets")
     assert "deleted tickets" in r.stdout
