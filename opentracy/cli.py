@@ -295,7 +295,9 @@ def ds_show(ctx: click.Context, name: str, version: str | None, as_json: bool) -
 @datasets.command("rows")
 @click.argument("name")
 @click.option("--version", default=None)
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", default=20, show_default=True, help="Rows to show.")
+@click.option("--cursor", default=None, help="Start where an earlier page ended (it prints the cursor).")
+@click.option("--all", "every", is_flag=True, help="Every matching row (overrides --limit).")
 @click.option("-q", "--query", default=None, help="Text search in prompt and response.")
 @click.option("--tag", "tags", multiple=True)
 @click.option("--where", "wheres", multiple=True, help="metadata FIELD=VALUE (repeat).")
@@ -306,35 +308,52 @@ def ds_rows(
     name: str,
     version: str | None,
     limit: int,
+    cursor: str | None,
+    every: bool,
     query: str | None,
     tags: tuple[str, ...],
     wheres: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Rows of a version (filtered, paginated)."""
+    """Rows of a version (filtered, a page at a time: the next page's cursor goes to stderr)."""
     where = {}
     for w in wheres:
         if "=" not in w:
             fail(f"--where takes FIELD=VALUE, got {w!r}", 2)
         k, v = w.split("=", 1)
         where[k] = v
-    it = _client(ctx).rows(name, version, q=query, tags=list(tags), where=where, page_size=min(limit, 1000))
-    rows = [r for _, r in zip(range(limit), it, strict=False)]
-    if as_json:
-        for r in rows:
-            click.echo(json.dumps(r.to_dict(), ensure_ascii=False))
-        return
-    from rich.table import Table
-
-    t = Table(_id_col("row_id"), "prompt", "response", "metadata", show_lines=False)
-    for r in rows:
-        p = (
-            r.prompt
-            if isinstance(r.prompt, str)
-            else " | ".join(f"{m.get('role')}: {m.get('content')}" for m in r.prompt)
+    if limit < 1 and not every:
+        fail("--limit must be at least 1 (or use --all)", 2)
+    c = _client(ctx)
+    rows: list[Any] = []
+    shown = 0
+    while every or shown < limit:
+        want = 1000 if every else min(1000, limit - shown)
+        page, cursor = c.rows_page(
+            name, version, q=query, tags=list(tags), where=where, limit=want, cursor=cursor
         )
-        t.add_row(r.row_id, _clip(p, 60), _clip(r.response, 30), _clip(json.dumps(r.metadata), 40))
-    _console().print(t)
+        shown += len(page)
+        if as_json:  # streamed: --all may be millions of rows
+            for r in page:
+                click.echo(json.dumps(r.to_dict(), ensure_ascii=False))
+        else:
+            rows.extend(page)
+        if not cursor or not page:
+            break
+    if not as_json:
+        from rich.table import Table
+
+        t = Table(_id_col("row_id"), "prompt", "response", "metadata", show_lines=False)
+        for r in rows:
+            p = (
+                r.prompt
+                if isinstance(r.prompt, str)
+                else " | ".join(f"{m.get('role')}: {m.get('content')}" for m in r.prompt)
+            )
+            t.add_row(r.row_id, _clip(p, 60), _clip(r.response, 30), _clip(json.dumps(r.metadata), 40))
+        _console().print(t)
+    if cursor:
+        click.echo(f"more rows: --cursor {cursor}", err=True)
 
 
 def _clip(s: str, n: int) -> str:

@@ -508,26 +508,42 @@ class Distiller:
         where: dict[str, str] | None = None,
         page_size: int = 500,
     ) -> Iterator[Row]:
+        """Every row of a version (default: the latest) that matches, in order, fetched a page at a time."""
+        cursor = None
+        while True:
+            rows, cursor = self.rows_page(
+                name, version, q=q, tags=tags, where=where, limit=page_size, cursor=cursor
+            )
+            yield from rows
+            if not cursor:
+                return
+
+    def rows_page(
+        self,
+        name: str,
+        version: int | str | None = None,
+        *,
+        q: str | None = None,
+        tags: list[str] | None = None,
+        where: dict[str, str] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[Row], str | None]:
+        """One page of rows (at most 1,000) and the cursor of the next page (None after the last): `q`
+        searches prompt and response, `tags` must all be present, `where` matches metadata fields."""
         ver = version if version is not None else "latest"
-        params: dict[str, Any] = {"limit": page_size}
+        params: dict[str, Any] = {"limit": limit}
         if q:
             params["q"] = q
         if tags:
             params["tag"] = list(tags)
         for k, v in (where or {}).items():
             params[f"meta.{k}"] = v
-        cursor = None
-        while True:
-            page = self._json(
-                "GET",
-                f"/v1/datasets/{name}/versions/{ver}/rows",
-                params={**params, **({"cursor": cursor} if cursor else {})},
-            )
-            for r in page["rows"]:
-                yield Row(r["row_id"], r["prompt"], r["response"], r.get("metadata") or {})
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
+        if cursor:
+            params["cursor"] = cursor
+        page = self._json("GET", f"/v1/datasets/{name}/versions/{ver}/rows", params=params)
+        rows = [Row(r["row_id"], r["prompt"], r["response"], r.get("metadata") or {}) for r in page["rows"]]
+        return rows, page.get("next_cursor")
 
     def get_row(self, name: str, row_id: str, version: int | str = "latest") -> Row:
         r = self._json("GET", f"/v1/datasets/{name}/versions/{version}/rows/{row_id}")

@@ -81,8 +81,22 @@ def test_upload_list_show_rows(server, tickets, write_jsonl):
     r = ok(server.url, "datasets", "rows", "tickets", "--limit", "5")
     assert "r_0000000" in r.stdout and "r_0000004" in r.stdout and "r_0000005" not in r.stdout
     assert "row_id" in r.stdout and "prompt" in r.stdout  # a table with a header
-    lines = ok(server.url, "datasets", "rows", "tickets", "--limit", "5", "--json").stdout.splitlines()
-    assert [json.loads(x) for x in lines] == spec_rows(5)
+    r = ok(server.url, "datasets", "rows", "tickets", "--limit", "5", "--json")
+    assert [json.loads(x) for x in r.stdout.splitlines()] == spec_rows(5)
+    # a page at a time: the next page's cursor goes to stderr
+    more = [x for x in r.stderr.splitlines() if x.startswith("more rows: --cursor ")]
+    assert len(more) == 1, r.stderr
+    r = ok(
+        server.url, "datasets", "rows", "tickets", "--limit", "5", "--json", "--cursor", more[0].split()[-1]
+    )
+    assert [json.loads(x)["row_id"] for x in r.stdout.splitlines()] == [f"r_{i:07d}" for i in range(5, 10)]
+    r = ok(server.url, "datasets", "rows", "tickets", "--all", "--json")
+    assert [json.loads(x) for x in r.stdout.splitlines()] == spec_rows(300) and "more rows" not in r.stderr
+    r = ok(server.url, "datasets", "rows", "tickets", "--limit", "1500", "--json")
+    assert len(r.stdout.splitlines()) == 300 and "more rows" not in r.stderr
+    r = ok(server.url, "datasets", "rows", "tickets", "--limit", "299")
+    assert "more rows: --cursor" in r.stderr and "r_0000298" in r.stdout and "r_0000299" not in r.stdout
+    assert_one_line_error(run(server.url, "datasets", "rows", "tickets", "--limit", "0"), "--limit")
     lines = ok(
         server.url,
         "datasets",
