@@ -214,11 +214,12 @@ def ds_upload(
 
 
 @datasets.command("list")
+@click.option("-q", "--query", default=None, help="Only datasets whose name contains this.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def ds_list(ctx: click.Context, as_json: bool) -> None:
+def ds_list(ctx: click.Context, query: str | None, as_json: bool) -> None:
     """All datasets with their latest version."""
-    items = _client(ctx).list_datasets()
+    items = _client(ctx).list_datasets(q=query)
     if as_json:
         click.echo(json.dumps([_ds_json(d) for d in items], indent=2))
         return

@@ -58,7 +58,8 @@ def tickets(server, write_jsonl):
 def test_upload_list_show_rows(server, tickets, write_jsonl):
     r = ok(server.url, "datasets", "list")
     assert "tickets" in r.stdout and "tickets-v1" in r.stdout and "300" in r.stdout and "active" in r.stdout
-    items = json.loads(ok(server.url, "datasets", "list", "--json").stdout)
+    assert json.loads(ok(server.url, "datasets", "list", "-q", "nomatch", "--json").stdout) == []
+    items = json.loads(ok(server.url, "datasets", "list", "-q", "ick", "--json").stdout)
     assert items == [
         {
             "name": "tickets",
