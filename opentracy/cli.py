@@ -444,7 +444,11 @@ def ds_export(
         return
     if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         fail(f"{path} exists; a Hugging Face dataset is saved into a new or empty folder")
-    size: float | int | None = int(test_size) if test_size is not None and test_size >= 1 else test_size
+    size: float | int | None = test_size
+    if test_size is not None and test_size >= 1:
+        if not test_size.is_integer():
+            fail(f"--test-size takes a fraction below 1 or a whole number of rows, not {test_size:g}", 2)
+        size = int(test_size)
     hf = _client(ctx).to_hf(name, version=version, test_size=size, seed=seed)
     hf.save_to_disk(path)
     splits = {k: len(v) for k, v in hf.items()} if hasattr(hf, "items") else {"rows": len(hf)}

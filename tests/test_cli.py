@@ -204,6 +204,18 @@ def test_version_commands_and_export(server, tickets, tmp_path):
         ),
         "--test-size goes with --format hf",
     )
+    for bad, says in (("0", "test_size must be"), ("300", "from 1 to 299"), ("1.5", "whole number")):
+        args = [
+            "datasets",
+            "export",
+            "tickets",
+            str(tmp_path / f"hf-{bad}"),
+            "--format",
+            "hf",
+            "--test-size",
+            bad,
+        ]
+        assert_one_line_error(run(server.url, *args), says)
 
     r = ok(server.url, "datasets", "delete", "tickets", "--confirm", "tickets")
     assert "deleted tickets" in r.stdout

@@ -249,6 +249,13 @@ def test_to_hf_train_validation_split_is_deterministic(engine, write_jsonl):
     # an absolute validation size
     dd = engine.datasets.to_hf("t", test_size=5, seed=7)
     assert len(dd["train"]) == 45 and len(dd["validation"]) == 5
+    # sizes the split cannot take are a clear error, not datasets' ValueError
+    for bad in (0.0, 1.0, -0.5, 0, 50, 51, True):
+        with pytest.raises(
+            InvalidInput,
+            match=r"test_size must be a fraction between 0 and 1 or a number of rows from 1 to 49",
+        ):
+            engine.datasets.to_hf("t", test_size=bad)
 
 
 def test_to_hf_from_a_frozen_version_is_reproducible(engine, write_jsonl):

@@ -204,5 +204,13 @@ def to_hf(
         return ds
     if len(ds) < 2:
         raise InvalidInput("a train/validation split needs at least 2 rows")
+    if isinstance(test_size, bool) or not (
+        (isinstance(test_size, float) and 0 < test_size < 1)
+        or (isinstance(test_size, int) and 1 <= test_size < len(ds))
+    ):
+        raise InvalidInput(
+            f"test_size must be a fraction between 0 and 1 or a number of rows from 1 to {len(ds) - 1:,} "
+            f"(this version has {len(ds):,} rows), not {test_size!r}"
+        )
     parts = ds.train_test_split(test_size=test_size, seed=seed, shuffle=True)
     return datasets.DatasetDict({"train": parts["train"], "validation": parts["test"]})
