@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import sys
+from datetime import UTC
 from typing import Any
 
 import click
@@ -254,8 +255,6 @@ def _utc(t: Any) -> str:
     """A catalog time (UTC; naive where the database keeps no zone) for people."""
     if t is None:
         return "-"
-    from datetime import UTC
-
     return f"{t.astimezone(UTC) if t.tzinfo else t:%Y-%m-%d %H:%M:%S} UTC"
 
 

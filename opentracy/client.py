@@ -472,8 +472,9 @@ class Distiller:
         if not wait:
             return job
         job = self.wait_job(job.id, progress=progress)
-        ds = Dataset._from(self, job.result["version"])  # type: ignore[index]
-        ds.skipped = list(job.result.get("skipped_items") or [])  # type: ignore[union-attr]
+        result = job.result or {}
+        ds = Dataset._from(self, result["version"])
+        ds.skipped = list(result.get("skipped_items") or [])
         return ds
 
     def freeze(
