@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -707,3 +708,55 @@ def test_list_datasets_search_is_literal(http, engine):
         engine.datasets.create(name)
     assert [d["name"] for d in http.get("/v1/datasets", params={"q": "a_"}).json()["items"]] == ["a_set"]
     assert http.get("/v1/datasets", params={"q": "%"}).json()["total"] == 0
+
+
+def _timestamps(value: object, path: str = "") -> list[tuple[str, str]]:
+    """Every string under a key ending in `_at`, with where it was found."""
+    found: list[tuple[str, str]] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, str) and k.endswith("_at"):
+                found.append((f"{path}.{k}", v))
+            else:
+                found += _timestamps(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += _timestamps(v, f"{path}[{i}]")
+    return found
+
+
+def test_every_timestamp_the_api_gives_carries_its_utc_offset(http, tickets):
+    # SQLite keeps no time zone: the catalog's times read back naive there and aware on PostgreSQL, so the
+    # API said "…T22:56:55" on one database and "…+00:00" on the other (and a browser takes the first for
+    # local time). Both now give UTC with its offset.
+    r = http.post("/v1/traces", json={"trace_id": "t_api_ts", "model": "m", "messages": [{"role": "user", "content": "hi"}], "response": "yo"})
+    assert r.status_code == 201, r.text
+    r = http.post(f"/v1/datasets/{tickets}/versions/1/freeze")
+    assert r.status_code in (200, 202), r.text
+    assert wait_job(http, r.json()["id"])["status"] == "succeeded"
+    bodies = [
+        http.get(path).json()
+        for path in (
+            f"/v1/datasets/{tickets}",
+            f"/v1/datasets/{tickets}/versions",
+            "/v1/datasets",
+            "/v1/jobs",
+            "/v1/traces",
+            "/v1/traces/t_api_ts",
+        )
+    ]
+    stamps = [s for b in bodies for s in _timestamps(b)]
+    keys = {p.rsplit(".", 1)[-1] for p, _ in stamps}
+    assert {"created_at", "updated_at", "frozen_at", "started_at", "finished_at"} <= keys, keys
+    for where, text in stamps:
+        parsed = datetime.fromisoformat(text)
+        assert parsed.utcoffset() == timedelta(0), (where, text)
+
+
+def test_the_client_gives_aware_times(client, write_jsonl):
+    ds = client.upload_dataset("aware", write_jsonl(spec_rows(5), "a.jsonl"))
+    assert ds.created_at is not None and ds.created_at.tzinfo is not None
+    assert datetime.now(UTC) - ds.created_at < timedelta(minutes=5)
+    job = client.upload_dataset("aware", write_jsonl([{k: v for k, v in r.items() if k != "row_id"} for r in spec_rows(5)], "b.jsonl"), wait=False)
+    for when in (job.created_at, client.wait_job(job.id, progress=False).finished_at):
+        assert when is not None and when.tzinfo is not None, when

@@ -18,11 +18,36 @@ from sqlalchemy import (
     Text,
     text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that reads back as an aware UTC datetime on every database.
+
+    SQLite has no time zones: SQLAlchemy stores the wall-clock digits and reads them back naive, where
+    PostgreSQL's timestamptz reads back aware, so the API said "…T22:56:55" on one and "…+00:00" on the other
+    (and a browser reads the first as local time). Values are written as UTC (a naive one is taken to be UTC
+    already) and read back with UTC attached. The column's DDL is DateTime(timezone=True), as before.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -38,8 +63,8 @@ class DatasetRecord(Base):
     # Each write to any version takes the next number; a row's `ord` is (write_seq << 32) | position,
     # so rows keep the order they were added in across versions and edits.
     write_seq: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
 
 class VersionRecord(Base):
@@ -61,9 +86,9 @@ class VersionRecord(Base):
     stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
     # Optimistic concurrency: every manifest change bumps it and checks the old value.
     revision: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
-    frozen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    frozen_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class JobRecord(Base):
@@ -82,10 +107,10 @@ class JobRecord(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
 
 class JobLogRecord(Base):
@@ -94,7 +119,7 @@ class JobLogRecord(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
-    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
     level: Mapped[str] = mapped_column(String(10), default="info", nullable=False)
     message: Mapped[str] = mapped_column(Text, nullable=False)
 
@@ -106,8 +131,8 @@ class AliasRecord(Base):
 
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     target: Mapped[str] = mapped_column(String(400), nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
 
 class AliasHistoryRecord(Base):
@@ -119,7 +144,7 @@ class AliasHistoryRecord(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     alias: Mapped[str] = mapped_column(String(200), nullable=False)
     action: Mapped[str] = mapped_column(String(16), nullable=False)  # create | repoint | delete
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
     by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     old_target: Mapped[str | None] = mapped_column(String(400), nullable=True)
@@ -135,7 +160,7 @@ class LLMCacheRecord(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     model: Mapped[str] = mapped_column(String(400), nullable=False)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
     hits: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
 
 
@@ -179,8 +204,8 @@ class TraceRecord(Base):
     )
 
     id: Mapped[str] = mapped_column(String(80), primary_key=True)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     model: Mapped[str] = mapped_column(String(400), nullable=False)
     provider: Mapped[str | None] = mapped_column(String(100), nullable=True)
     alias: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -204,7 +229,7 @@ class TraceRecord(Base):
     source: Mapped[str] = mapped_column(
         String(20), default="api", nullable=False
     )  # api | proxy | import | gateway
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
 
 class TraceTagRecord(Base):
@@ -239,7 +264,7 @@ class LocalModelRecord(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(
         JSON, default=dict, nullable=False
     )  # e.g. the job that made it
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -262,7 +287,7 @@ class CurationRunRecord(Base):
     report: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     decisions_key: Mapped[str] = mapped_column(String(400), nullable=False)
     decisions_sha256: Mapped[str] = mapped_column(String(80), nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
 
 class ReviewItemRecord(Base):
@@ -289,8 +314,8 @@ class ReviewItemRecord(Base):
     )  # prompt/response after an edit
     reviewer: Mapped[str | None] = mapped_column(String(200), nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
-    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 # --- clustering and embeddings (issue 6) ------------------------------------------------------------
@@ -307,7 +332,7 @@ class EmbeddingShardRecord(Base):
     key: Mapped[str] = mapped_column(String(400), nullable=False)
     rows: Mapped[int] = mapped_column(BigInteger, nullable=False)
     dims: Mapped[int] = mapped_column(Integer, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
 
 class ClusteringRunRecord(Base):
@@ -333,9 +358,9 @@ class ClusteringRunRecord(Base):
     # {"assignments": [key, ...], "centroids": key}: the base assignments and each incremental batch
     artifacts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, nullable=False)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
 
 class ClusterRecord(Base):
@@ -349,8 +374,8 @@ class ClusterRecord(Base):
     namer: Mapped[str] = mapped_column(String(300), nullable=False)  # keywords | llm:<model> | user
     first_run_id: Mapped[str] = mapped_column(String(40), nullable=False)
     last_run_id: Mapped[str] = mapped_column(String(40), nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
 
 
 class RunClusterRecord(Base):
@@ -396,4 +421,4 @@ class GenerationRunRecord(Base):
     report: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     samples_key: Mapped[str] = mapped_column(String(400), nullable=False)
     samples_sha256: Mapped[str] = mapped_column(String(80), nullable=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
