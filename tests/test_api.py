@@ -729,7 +729,15 @@ def test_every_timestamp_the_api_gives_carries_its_utc_offset(http, tickets):
     # SQLite keeps no time zone: the catalog's times read back naive there and aware on PostgreSQL, so the
     # API said "…T22:56:55" on one database and "…+00:00" on the other (and a browser takes the first for
     # local time). Both now give UTC with its offset.
-    r = http.post("/v1/traces", json={"trace_id": "t_api_ts", "model": "m", "messages": [{"role": "user", "content": "hi"}], "response": "yo"})
+    r = http.post(
+        "/v1/traces",
+        json={
+            "trace_id": "t_api_ts",
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "response": "yo",
+        },
+    )
     assert r.status_code == 201, r.text
     r = http.post(f"/v1/datasets/{tickets}/versions/1/freeze")
     assert r.status_code in (200, 202), r.text
@@ -757,6 +765,10 @@ def test_the_client_gives_aware_times(client, write_jsonl):
     ds = client.upload_dataset("aware", write_jsonl(spec_rows(5), "a.jsonl"))
     assert ds.created_at is not None and ds.created_at.tzinfo is not None
     assert datetime.now(UTC) - ds.created_at < timedelta(minutes=5)
-    job = client.upload_dataset("aware", write_jsonl([{k: v for k, v in r.items() if k != "row_id"} for r in spec_rows(5)], "b.jsonl"), wait=False)
+    job = client.upload_dataset(
+        "aware",
+        write_jsonl([{k: v for k, v in r.items() if k != "row_id"} for r in spec_rows(5)], "b.jsonl"),
+        wait=False,
+    )
     for when in (job.created_at, client.wait_job(job.id, progress=False).finished_at):
         assert when is not None and when.tzinfo is not None, when
