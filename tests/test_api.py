@@ -772,3 +772,23 @@ def test_the_client_gives_aware_times(client, write_jsonl):
     )
     for when in (job.created_at, client.wait_job(job.id, progress=False).finished_at):
         assert when is not None and when.tzinfo is not None, when
+
+
+def test_row_listing_refuses_a_query_parameter_it_does_not_know(http, tickets):
+    url = f"/v1/datasets/{tickets}/versions/1/rows"
+    # a misspelled metadata filter used to be ignored: every row came back
+    msg = assert_error(http.get(url, params={"metadata.cluster_id": "34"}), 422, "invalid_input")
+    assert "unknown query parameter 'metadata.cluster_id'" in msg and "meta.cluster_id=34" in msg
+    assert "unknown query parameter 'sort'" in assert_error(
+        http.get(url, params={"sort": "x"}), 422, "invalid_input"
+    )
+    msg = assert_error(
+        http.get(url, params=[("meta.cluster_id", "34"), ("meta.cluster_id", "35")]), 422, "invalid_input"
+    )
+    assert "twice" in msg
+    page = http.get(
+        url,
+        params=[("meta.cluster_id", "34"), ("tag", "ticket_classifier"), ("limit", "5"), ("q", "question")],
+    )
+    assert page.status_code == 200 and page.json()["total"] == 300, page.text
+    assert http.get(url, params={"meta.cluster_id": "35"}).json()["total"] == 0
