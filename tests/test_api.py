@@ -792,3 +792,40 @@ def test_row_listing_refuses_a_query_parameter_it_does_not_know(http, tickets):
     )
     assert page.status_code == 200 and page.json()["total"] == 300, page.text
     assert http.get(url, params={"meta.cluster_id": "35"}).json()["total"] == 0
+
+
+def test_row_writes_over_http_refuse_unknown_fields(http, tickets):
+    base = f"/v1/datasets/{tickets}/versions/active/rows"
+    r = http.post(base, json={"rows": [{"prompt": "p", "response": "r", "source": "crm"}]})
+    assert "rows.0.source" in assert_error(r, 422, "invalid_input")
+    r = http.patch(base, json={"rows": [{"row_id": "r_0000001", "respone": "x"}]})
+    assert "unknown field 'respone'" in assert_error(r, 422, "invalid_input")
+    r = http.patch(f"{base}/r_0000001", json={"respone": "x"})
+    assert "respone" in assert_error(r, 422, "invalid_input")
+    assert http.get(f"{base}/r_0000001").json()["response"] == spec_rows(2)[1]["response"]
+    assert http.get(f"/v1/datasets/{tickets}").json()["latest"]["row_count"] == 300
+
+
+def test_trace_filters_refuse_what_they_do_not_know(http, engine):
+    traces = [
+        {
+            "trace_id": f"t_f{i}",
+            "model": "m",
+            "messages": [{"role": "user", "content": f"q{i}"}],
+            "response": "a",
+        }
+        for i in range(3)
+    ]
+    assert http.post("/v1/traces", json=traces).status_code == 201
+    # a misspelled filter used to be ignored: the listing, the count, the export took every trace
+    for path in ("/v1/traces", "/v1/traces/count", "/v1/traces/export"):
+        msg = assert_error(http.get(path, params={"models": "m"}), 422, "invalid_input")
+        assert "unknown query parameter 'models'" in msg, (path, msg)
+    msg = assert_error(http.get("/v1/traces", params={"metadata.team": "a"}), 422, "invalid_input")
+    assert "meta.team=a" in msg
+    assert http.get("/v1/traces", params={"model": "m", "sort": "latency", "limit": 2}).status_code == 200
+    assert http.get("/v1/traces/count", params={"meta.team": "a"}).json() == {"count": 0}
+    # and a promotion with a misspelled filter took them all into a dataset
+    r = http.post("/v1/traces/to-dataset", json={"dataset": "promoted", "filter": {"modle": "x"}})
+    assert "modle" in assert_error(r, 422, "invalid_input")
+    assert engine.datasets.list()[0] == []

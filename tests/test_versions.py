@@ -49,6 +49,34 @@ def test_add_edit_delete_in_active_version(tickets):
     assert [r.response for r in out] == ["a", "b"]
 
 
+def test_row_writes_refuse_fields_they_would_drop(tickets):
+    # An unknown field used to vanish without a word: an add kept the row without it, and an update with a
+    # misspelled field left the row as it was and reported success.
+    before = tickets.version("tickets")
+    with pytest.raises(InvalidInput) as e:
+        tickets.add_rows(
+            "tickets",
+            [{"prompt": "p", "response": "r"}, {"prompt": "p", "response": "r", "source": "crm"}],
+        )
+    assert str(e.value) == (
+        "row 2: unknown field 'source': a row has row_id, prompt, response, metadata "
+        "(put your own fields under metadata)"
+    )
+    with pytest.raises(InvalidInput, match=r"^row 2: unknown field 'respone'"):
+        tickets.update_rows(
+            "tickets", [{"row_id": "r_0000001", "response": "a"}, {"row_id": "r_0000002", "respone": "b"}]
+        )
+    with pytest.raises(InvalidInput, match="nothing to change in row 'r_0000003'"):
+        tickets.update_row("tickets", "r_0000003")
+    with pytest.raises(InvalidInput, match=r"^row 1: field 'response': Input should be a valid string$"):
+        tickets.add_rows("tickets", [{"prompt": "p", "response": 3}])
+    with pytest.raises(InvalidInput, match=r"^row 1: missing response$"):
+        tickets.add_rows("tickets", [{"prompt": "p"}])
+    after = tickets.version("tickets")
+    assert (after.row_count, after.content_hash) == (before.row_count, before.content_hash)
+    assert tickets.get_row("tickets", "r_0000001").response == spec_rows(2)[1]["response"]
+
+
 def test_write_errors(tickets):
     with pytest.raises(Conflict, match="already in the version"):
         tickets.add_rows("tickets", [{"row_id": "r_0000003", "prompt": "p", "response": "r"}])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class DatasetWarning(BaseModel):
@@ -43,6 +43,9 @@ class DatasetInfo(BaseModel):
 
 
 class RowIn(BaseModel):
+    # An unknown field is refused rather than dropped: its data would be lost without a word.
+    model_config = ConfigDict(extra="forbid")
+
     row_id: str | None = None
     prompt: str | list[dict[str, Any]]
     response: str
@@ -50,6 +53,8 @@ class RowIn(BaseModel):
 
 
 class RowPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     prompt: str | list[dict[str, Any]] | None = None
     response: str | None = None
     metadata: dict[str, Any] | None = None

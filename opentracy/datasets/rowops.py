@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
+from pydantic import ValidationError
 
 from opentracy.datasets._core import (
     DatasetCore,
@@ -209,6 +210,16 @@ class RowsMixin(DatasetCore):
         dup = _first_duplicate(ids)  # type: ignore[arg-type]
         if dup:
             raise InvalidInput(f"row_id {dup!r} appears twice in the request")
+        for n, c in enumerate(changes, 1):
+            # A misspelled field ("respone") would otherwise leave the row as it was and report success.
+            extra = sorted(set(c) - set(_ROW_FIELDS))
+            if extra:
+                raise InvalidInput(_unknown_field(extra[0]), row=n)
+            if all(c.get(k) is None for k in ("prompt", "response", "metadata")):
+                raise InvalidInput(
+                    f"nothing to change in row {c['row_id']!r}: give its new prompt, response or metadata",
+                    row=n,
+                )
         with self.catalog.session() as s:
             ds = self._dataset(s, name)
             v = self._active(s, ds, version)
@@ -302,13 +313,31 @@ class RowsMixin(DatasetCore):
         return [(_row_out(r), int(r[1])) for r in got]
 
 
+_ROW_FIELDS = ("row_id", "prompt", "response", "metadata")
+
+
+def _unknown_field(field: str) -> str:
+    return f"unknown field {field!r}: a row has {', '.join(_ROW_FIELDS)} (put your own fields under metadata)"
+
+
 def _row_in(d: dict[str, Any], n: int) -> RowIn:
     if not isinstance(d, dict):
         raise InvalidInput("each row must be an object with prompt, response and metadata", row=n)
     try:
         return RowIn.model_validate(d, strict=True)
-    except Exception as e:
-        raise InvalidInput(f"not a valid row: {str(e).splitlines()[0:3]}", row=n) from None
+    except ValidationError as e:
+        raise InvalidInput(_validation_message(e), row=n) from None
+
+
+def _validation_message(e: ValidationError) -> str:
+    """pydantic's first problem in one line: `field 'response': Input should be a valid string`."""
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return _unknown_field(where)
+    if err["type"] == "missing":
+        return f"missing {where}"
+    return f"field {where!r}: {err['msg']}" if where else str(err["msg"])
 
 
 def _validate_row(r: RowIn, n: int) -> None:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import and_, func, or_, select
 
 from opentracy.errors import InvalidInput, NotFound
@@ -36,7 +36,10 @@ CHUNK = 500  # ids per IN (...) query
 
 
 class TraceFilter(BaseModel):
-    """Which traces: every field given must match (tags: all of them)."""
+    """Which traces: every field given must match (tags: all of them). An unknown field is refused: ignored,
+    a misspelled one would match every trace (and a promotion would take them all)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     ids: list[str] | None = None
     model: str | None = None

@@ -20,7 +20,7 @@ from opentracy.engine import Engine
 from opentracy.errors import InvalidInput
 from opentracy.jobs import JobInfo
 from opentracy.server import multipart
-from opentracy.server.deps import get_engine
+from opentracy.server.deps import get_engine, meta_filters
 
 router = APIRouter(tags=["datasets"])
 
@@ -151,9 +151,6 @@ def freeze(name: str, version: str, engine: Engine = Depends(get_engine)) -> Job
     return engine.jobs.submit(dataset_jobs.FREEZE, {"dataset": name, "version": v.number})
 
 
-_ROWS_QUERY = frozenset({"limit", "cursor", "q", "tag"})
-
-
 @router.get("/datasets/{name}/versions/{version}/rows")
 def list_rows(
     name: str,
@@ -166,20 +163,7 @@ def list_rows(
     engine: Engine = Depends(get_engine),
 ) -> RowPage:
     """Rows in order, a page at a time. Filter on metadata fields with `meta.<field>=<value>`."""
-    where: dict[str, str] = {}
-    for k, v in request.query_params.multi_items():
-        if k.startswith("meta.") and len(k) > 5:
-            if k[5:] in where and where[k[5:]] != v:
-                raise InvalidInput(f"{k} is given twice with different values: a row matches one value")
-            where[k[5:]] = v
-        elif k not in _ROWS_QUERY:
-            # An unknown parameter would otherwise be ignored, and a filter misspelled (metadata.x=1) would
-            # quietly list every row.
-            field = k.split(".", 1)[1] if "." in k else k
-            raise InvalidInput(
-                f"unknown query parameter {k!r}: this listing takes {', '.join(sorted(_ROWS_QUERY))}, and "
-                f"meta.<field>=<value> for metadata (meta.{field}={v})"
-            )
+    where = meta_filters(request)
     return engine.datasets.rows(name, version, limit=limit, cursor=cursor, q=q, tags=tag, where=where)
 
 

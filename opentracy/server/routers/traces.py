@@ -11,14 +11,14 @@ from typing import Any
 import msgspec
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from opentracy.datasets.from_traces import TracesToDatasetResult, add_traces
 from opentracy.engine import Engine
 from opentracy.errors import InvalidInput
 from opentracy.jobs import JobInfo
 from opentracy.server import multipart
-from opentracy.server.deps import get_engine
+from opentracy.server.deps import get_engine, meta_filters
 from opentracy.traces import jobs as trace_jobs
 from opentracy.traces.importers import FORMATS
 from opentracy.traces.schema import IngestResult, TraceOut, TracePage
@@ -43,7 +43,7 @@ def trace_filter(
     q: str | None = Query(None, description="text in the prompt or the response"),
 ) -> TraceFilter:
     """Filters shared by list, export and to-dataset. Metadata fields: `meta.<field>=<value>`."""
-    meta = {k[5:]: v for k, v in request.query_params.items() if k.startswith("meta.")}
+    meta = meta_filters(request)
     return TraceFilter(
         model=model,
         provider=provider,
@@ -160,6 +160,8 @@ async def import_traces(request: Request, engine: Engine = Depends(get_engine)) 
 
 
 class ToDataset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     dataset: str
     trace_ids: list[str] | None = None
     filter: TraceFilter | None = None
