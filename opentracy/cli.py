@@ -21,7 +21,11 @@ from opentracy import __version__
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    # Piped or captured, rich would lay tables out for 80 columns, squeezing ids (which must stay whole to be
+    # copied into the next command). A terminal, or COLUMNS, says how wide to be.
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, highlight=False, width=160 if wide else None)
 
 
 def _id_col(header: str) -> Any:
@@ -252,7 +256,7 @@ def _ds_json(d: Any) -> dict[str, Any]:
 
 
 def _utc(t: Any) -> str:
-    """A catalog time (UTC; naive where the database keeps no zone) for people."""
+    """A catalog time, in UTC, for people."""
     if t is None:
         return "-"
     return f"{t.astimezone(UTC) if t.tzinfo else t:%Y-%m-%d %H:%M:%S} UTC"
@@ -478,24 +482,43 @@ def jobs() -> None:
 
 
 @jobs.command("list")
-@click.option("--status", default=None)
+@click.option(
+    "--status", default=None, type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"])
+)
+@click.option("--kind", default=None, help="Only jobs of this kind (dataset.upload, dataset.freeze, ...).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 500))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0), help="Skip the newest N.")
 @click.pass_context
-def jobs_list(ctx: click.Context, status: str | None) -> None:
+def jobs_list(ctx: click.Context, status: str | None, kind: str | None, limit: int, offset: int) -> None:
+    """Jobs, newest first."""
     c = _client(ctx)
-    page = c._json("GET", "/v1/jobs", params={k: v for k, v in {"status": status}.items() if v})
-    from rich.table import Table
+    got = c.list_jobs(status=status, kind=kind, limit=limit, offset=offset)
+    from rich.table import Column, Table
 
-    t = Table(_id_col("job"), _id_col("kind"), _id_col("status"), "progress", "message", "created")
-    for j in page["items"]:
-        t.add_row(
-            j["id"],
-            j["kind"],
-            j["status"],
-            f"{j['progress']:.0%}",
-            _clip(j["message"], 50),
-            j["created_at"][:19],
-        )
-    _console().print(t)
+    console = _console()
+
+    def state(j: Any) -> str:  # a job still under way shows how far it got
+        return f"{j.status} {j.progress:.0%}" if j.status in ("queued", "running") else j.status
+
+    cells = [
+        [j.id, j.kind, state(j), f"{j.created_at.astimezone(UTC):%Y-%m-%d %H:%M}" if j.created_at else ""]
+        for j in got
+    ]
+    # The message takes what the other columns leave (each costs 3 more for its border and padding); in a
+    # narrow terminal it is left out (`jobs show` has it) rather than squeezing the ids.
+    widths = [
+        max([len(h)] + [len(c[i]) for c in cells]) + 3
+        for i, h in enumerate(("job", "kind", "status", "created (UTC)"))
+    ]
+    room = console.width - sum(widths) - 4
+    t = Table(_id_col("job"), _id_col("kind"), _id_col("status"), Column("created (UTC)", no_wrap=True))
+    if room >= 12:
+        t.add_column("message", no_wrap=True, overflow="ellipsis")
+    for j, c in zip(got, cells, strict=True):
+        t.add_row(*c, *([_clip(j.message, room)] if room >= 12 else []))
+    console.print(t)
+    if len(got) == limit:
+        click.echo(f"more jobs: --offset {offset + limit}", err=True)
 
 
 @jobs.command("show")

@@ -337,6 +337,15 @@ class Distiller:
         params = {"wait": wait} if wait else None
         return self._job(self._json("GET", f"/v1/jobs/{job_id}", params=params))
 
+    def list_jobs(
+        self, *, status: str | None = None, kind: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[Job]:
+        """Jobs, newest first: `status` queued, running, succeeded, failed or cancelled; `kind` such as
+        dataset.upload or dataset.freeze; `limit` (at most 500) from `offset`."""
+        params = {"status": status, "kind": kind, "limit": limit, "offset": offset}
+        page = self._json("GET", "/v1/jobs", params={k: v for k, v in params.items() if v is not None})
+        return [self._job(d) for d in page["items"]]
+
     def cancel_job(self, job_id: str) -> Job:
         return self._job(self._json("POST", f"/v1/jobs/{job_id}/cancel"))
 

@@ -22,12 +22,13 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import select, update
 
-from opentracy.errors import Cancelled, NotFound, OpentracyError
+from opentracy.errors import Cancelled, InvalidInput, NotFound, OpentracyError
 from opentracy.store.catalog import Catalog
 from opentracy.store.tables import JobLogRecord, JobRecord, utcnow
 
 log = logging.getLogger("opentracy.jobs")
 TERMINAL = ("succeeded", "failed", "cancelled")
+STATUSES = ("queued", "running", *TERMINAL)
 
 
 class JobInfo(BaseModel):
@@ -154,6 +155,8 @@ class JobRunner:
     def list(
         self, *, status: str | None = None, kind: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[JobInfo]:
+        if status and status not in STATUSES:
+            raise InvalidInput(f"no job status {status!r}: use one of {', '.join(STATUSES)}")
         with self.catalog.session() as s:
             q = select(JobRecord)
             if status:
