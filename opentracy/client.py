@@ -172,7 +172,7 @@ class Dataset:
         q: str | None = None,
         tags: list[str] | None = None,
         where: dict[str, str] | None = None,
-        page_size: int = 500,
+        page_size: int = 1000,
     ) -> Iterator[Row]:
         return self._c.rows(self.name, self.version, q=q, tags=tags, where=where, page_size=page_size)
 
@@ -516,7 +516,7 @@ class Distiller:
         q: str | None = None,
         tags: list[str] | None = None,
         where: dict[str, str] | None = None,
-        page_size: int = 500,
+        page_size: int = 1000,
     ) -> Iterator[Row]:
         """Every row of a version (default: the latest) that matches, in order, fetched a page at a time."""
         cursor = None

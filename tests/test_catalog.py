@@ -88,3 +88,60 @@ def test_a_checkpoint_connection_opened_before_the_switch_to_wal_is_replaced(tmp
         _write_through_a_new_catalog_and_wait(path, 3)
     finally:
         CHECKPOINTER.unregister(key)
+
+
+def test_default_duckdb_connections_share_one_database_and_nothing_else() -> None:
+    # Opening a DuckDB database costs ~12 ms (most of a page of rows); reads take cursors of one shared database.
+    import threading
+
+    from opentracy.store.segments import duck
+
+    a, b = duck(), duck()
+    try:
+        a.execute("CREATE TEMP TABLE t AS SELECT 1 AS x")
+        assert a.execute("SELECT x FROM t").fetchall() == [(1,)]
+        # temporary objects stay with their connection
+        assert b.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 't'").fetchall() == [(0,)]
+        # ...while the database is one: a (non-temporary) table made through one is seen through the other
+        a.execute("CREATE TABLE shared_probe AS SELECT 7 AS y")
+        try:
+            assert b.execute("SELECT y FROM shared_probe").fetchall() == [(7,)]
+        finally:
+            a.execute("DROP TABLE shared_probe")
+        assert (
+            b.execute("SELECT current_setting('memory_limit')").fetchall()
+            == a.execute("SELECT current_setting('memory_limit')").fetchall()
+        )
+    finally:
+        a.close()
+    assert b.execute("SELECT 41 + 1").fetchall() == [(42,)]  # closing one leaves the others working
+    b.close()
+    c = duck()
+    assert c.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 't'").fetchall() == [(0,)]
+    c.close()
+
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            con = duck()
+            try:
+                con.execute(f"CREATE TEMP TABLE w AS SELECT range AS v FROM range({1000 + i})")
+                assert con.execute("SELECT count(*) FROM w").fetchall() == [(1000 + i,)]
+            finally:
+                con.close()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    # other settings still get a database of their own
+    own = duck(memory_limit="256MB")
+    try:
+        assert own.execute("SELECT current_setting('memory_limit')").fetchall()[0][0].startswith("2")
+    finally:
+        own.close()

@@ -95,13 +95,26 @@ _META_PROBLEM_SQL = """CASE
   END"""
 
 
+_shared: duckdb.DuckDBPyConnection | None = None
+_shared_lock = threading.Lock()
+
+
 def duck(
     threads: int | None = None, memory_limit: str = "1GB", ordered: bool = True
 ) -> duckdb.DuckDBPyConnection:
-    """A fresh in-process DuckDB connection with bounded memory.
+    """An in-process DuckDB connection with bounded memory; close it when done.
 
-    `ordered=False` lets DuckDB stream results in any order (less buffering), for work whose readers sort.
+    With the defaults it is a cursor of one in-memory database the process shares (opening a database costs
+    ~12 ms, a cursor ~0.2 ms: most of a page of rows), so concurrent reads share its 1 GB. Other settings
+    get a database of their own. `ordered=False` lets DuckDB stream results in any order (less buffering),
+    for work whose readers sort.
     """
+    global _shared
+    if threads is None and memory_limit == "1GB" and ordered:
+        with _shared_lock:
+            if _shared is None:
+                _shared = duckdb.connect(config={"memory_limit": "1GB", "preserve_insertion_order": True})
+            return _shared.cursor()
     con = duckdb.connect(config={"memory_limit": memory_limit, "preserve_insertion_order": ordered})
     if threads:
         con.execute(f"SET threads={int(threads)}").fetchall()
