@@ -329,6 +329,10 @@ def ds_rows(
     if limit < 1 and not every:
         fail("--limit must be at least 1 (or use --all)", 2)
     c = _client(ctx)
+    if every and as_json and not (query or tags or where or cursor):  # every row: one streamed answer
+        for r in c.rows(name, version):
+            click.echo(json.dumps(r.to_dict(), ensure_ascii=False))
+        return
     rows: list[Any] = []
     shown = 0
     while every or shown < limit:

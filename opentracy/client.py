@@ -13,6 +13,7 @@ and returns the result, or returns the `Job` at once with `wait=False`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -459,8 +460,6 @@ class Distiller:
             if v is not None
         }
         if metadata_fields is not None:
-            import json
-
             data["metadata_fields"] = json.dumps(list(metadata_fields))
         try:
             size = p.stat().st_size
@@ -518,7 +517,11 @@ class Distiller:
         where: dict[str, str] | None = None,
         page_size: int = 1000,
     ) -> Iterator[Row]:
-        """Every row of a version (default: the latest) that matches, in order, fetched a page at a time."""
+        """Every row of a version (default: the latest) that matches, in order. Without a filter the rows
+        come in one streamed answer (the JSONL export, ~5x faster than pages); with one, a page at a time."""
+        if not (q or tags or where):
+            yield from self._stream_rows(name, version)
+            return
         cursor = None
         while True:
             rows, cursor = self.rows_page(
@@ -527,6 +530,33 @@ class Distiller:
             yield from rows
             if not cursor:
                 return
+
+    def _stream_rows(self, name: str, version: int | str | None) -> Iterator[Row]:
+        ver = version if version is not None else "latest"
+        url = f"/v1/datasets/{name}/versions/{ver}/export"
+        try:
+            with self._http.stream("GET", url, params={"format": "jsonl"}) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    _raise_for(resp)
+                # Split on b"\n" only: httpx's iter_lines also splits on U+2028 and the like, which JSON
+                # text may hold raw inside a string.
+                rest = b""
+                for chunk in resp.iter_bytes(1 << 20):
+                    lines = (rest + chunk).split(b"\n")
+                    rest = lines.pop()
+                    for line in lines:
+                        if line:
+                            d = json.loads(line)
+                            yield Row(d["row_id"], d["prompt"], d["response"], d.get("metadata") or {})
+                if rest.strip():
+                    raise errors.OpentracyError(f"the rows of {name} ended part way through a line")
+        except httpx.ConnectError:
+            raise ServerUnreachable(f"cannot reach the opentracy server at {self.base_url}") from None
+        except (httpx.RemoteProtocolError, httpx.ReadError) as e:
+            raise errors.OpentracyError(
+                f"the server stopped sending the rows of {name} part way ({e}); see its log"
+            ) from None
 
     def rows_page(
         self,
@@ -615,9 +645,20 @@ class Distiller:
                 if resp.status_code >= 400:
                     resp.read()
                     _raise_for(resp)
-                with open(tmp, "wb") as f:
+                size = resp.headers.get("content-length")
+                with self._progress_bar(None) as bar, open(tmp, "wb") as f:
+                    # A streamed export has no length ahead: the bar then counts what has arrived.
+                    task = bar.add_task(
+                        f"downloading {dest.name}",
+                        total=int(size) if size and size.isdigit() else None,
+                        note="",
+                    )
+                    got = 0
                     for chunk in resp.iter_bytes(1 << 20):
                         f.write(chunk)
+                        got += len(chunk)
+                        bar.update(task, advance=len(chunk), note=f"{got / 1e6:,.1f} MB")
+                    bar.update(task, total=got, completed=got)
             os.replace(tmp, dest)
         except httpx.ConnectError:
             raise ServerUnreachable(f"cannot reach the opentracy server at {self.base_url}") from None
@@ -984,8 +1025,6 @@ class Distiller:
         if not p.is_file():
             raise errors.InvalidInput("no such file", file=str(prompts_path))
         cfg = GenerationConfig.build(config, **options).model_dump(mode="json")
-        import json
-
         return p, {"config": json.dumps(cfg)}
 
     def generate_dataset(

@@ -94,6 +94,8 @@ def test_upload_list_show_rows(server, tickets, write_jsonl):
     assert [json.loads(x)["row_id"] for x in r.stdout.splitlines()] == [f"r_{i:07d}" for i in range(5, 10)]
     r = ok(server.url, "datasets", "rows", "tickets", "--all", "--json")
     assert [json.loads(x) for x in r.stdout.splitlines()] == spec_rows(300) and "more rows" not in r.stderr
+    r = ok(server.url, "datasets", "rows", "tickets", "--all", "--json", "--where", "cluster_id=34")  # paged
+    assert [json.loads(x) for x in r.stdout.splitlines()] == spec_rows(300) and "more rows" not in r.stderr
     r = ok(server.url, "datasets", "rows", "tickets", "--limit", "1500", "--json")
     assert len(r.stdout.splitlines()) == 300 and "more rows" not in r.stderr
     r = ok(server.url, "datasets", "rows", "tickets", "--limit", "299")

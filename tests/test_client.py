@@ -248,8 +248,18 @@ def test_row_writes(client, tickets):
     ]
     v = client.delete_rows("tickets", ["r_0000005", "r_0000006"])
     assert v.row_count == 120
-    rows = list(client.get_dataset("tickets").rows(page_size=7))  # many small pages
+    rows = list(client.get_dataset("tickets").rows())  # unfiltered: one streamed answer
     assert len(rows) == 120 and len({r.row_id for r in rows}) == 120
+    paged, cursor = [], None  # the same rows, many small pages
+    while True:
+        page, cursor = client.rows_page("tickets", limit=7, cursor=cursor)
+        paged += page
+        if not cursor:
+            break
+    assert paged == rows
+    assert list(client.rows("tickets", where={"cluster_id": "34"}, page_size=7)) == [
+        r for r in rows if r.metadata.get("cluster_id") == 34
+    ]
     assert rows[3].response == "technical" and rows[4].response == "a"
     assert "r_0000005" not in {r.row_id for r in rows}
     assert rows[-2].row_id == "n1" and rows[-1].prompt == "p2"
@@ -398,3 +408,43 @@ def test_hugging_face_folder_upload(client, tmp_path, monkeypatch):
         client.upload_dataset("from-hf-x", tmp_path / "hf_dict", split="validation")
     # the client's temporary parquet is gone
     assert list(scratch.iterdir()) == []
+
+
+def test_streamed_rows_keep_chat_prompts_versions_and_refuse_an_altered_segment(client, engine, write_jsonl):
+    import os
+
+    from conftest import segment_files
+
+    from opentracy.errors import IntegrityError
+
+    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    client.upload_dataset(
+        "mix",
+        write_jsonl(
+            [
+                {"row_id": "a", "prompt": chat, "response": "hello", "metadata": {"tags": ["x"]}},
+                {"row_id": "b", "prompt": "plain\nwith a newline \u2028 and \u00e9", "response": ""},
+            ],
+            "mix.jsonl",
+        ),
+    )
+    client.freeze("mix")
+    client.new_version("mix")
+    client.update_row("mix", "b", response="edited")
+    want_v1 = [
+        Row("a", chat, "hello", {"tags": ["x"]}),
+        Row("b", "plain\nwith a newline \u2028 and \u00e9", "", {}),
+    ]
+    assert list(client.rows("mix", 1)) == want_v1
+    assert [r.response for r in client.rows("mix")] == ["hello", "edited"]
+    assert list(client.rows("mix", 1, where={"nope": "1"})) == []
+    engine.datasets.create("empty")
+    assert list(client.rows("empty")) == []
+    # an altered segment: the error the pages give, before any row
+    for seg in segment_files(engine):
+        data = bytearray(seg.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        seg.write_bytes(bytes(data))
+        os.utime(seg, ns=(seg.stat().st_atime_ns, seg.stat().st_mtime_ns + 1_000_000))
+    with pytest.raises(IntegrityError, match="altered or corrupted"):
+        list(client.rows("mix", 1))

@@ -32,7 +32,7 @@ class DatasetService(VersionsMixin, RowsMixin, UploadMixin, DeriveMixin, Dataset
     def export_bytes(self, name: str, version: int | str | None, fmt: str) -> Iterator[bytes]:
         from opentracy.datasets.export import check_format, iter_export
 
-        self.version(name, version)  # fail before streaming starts
+        self._read_sql(name, version)  # fail before streaming starts: no such version, an altered segment
         return iter_export(self.iter_arrow(name, version), check_format(fmt))
 
     def to_hf(
