@@ -36,6 +36,10 @@ class Conflict(OpentracyError):
     code = "conflict"
 
 
+class StaleWrite(Conflict):
+    """Another write changed a version between this write's read and its commit; trying again is safe."""
+
+
 class InvalidInput(OpentracyError):
     """Bad input from the user. `file`, `line` and `row` name where, when known."""
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import random
 import re
 import secrets
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
 
@@ -18,7 +22,7 @@ from opentracy.datasets.models import (
     RowOut,
     VersionInfo,
 )
-from opentracy.errors import Conflict, InvalidInput, NotFound
+from opentracy.errors import Conflict, InvalidInput, NotFound, StaleWrite
 from opentracy.store.artifacts import ArtifactStore
 from opentracy.store.catalog import Catalog
 from opentracy.store.segments import (
@@ -132,11 +136,43 @@ def _row_out(r: tuple[Any, ...]) -> RowOut:
     )
 
 
+T = TypeVar("T")
+
+
+def retry_stale(op: Callable[..., T]) -> Callable[..., T]:
+    """Run a row write again when another write to the same version committed between its read and its
+    commit (StaleWrite): each attempt re-reads the version and re-checks the rows. Writers in this process
+    take turns per dataset, so they rarely meet; writers in other processes back off and retry."""
+
+    @functools.wraps(op)
+    def run(self: DatasetCore, name: str, *args: Any, **kwargs: Any) -> T:
+        with self._write_lock(name):
+            for attempt in range(8):
+                try:
+                    return op(self, name, *args, **kwargs)
+                except StaleWrite:
+                    if attempt == 7:
+                        raise
+                    time.sleep(random.uniform(0.005, 0.02) * 2**attempt)
+        raise AssertionError("unreachable")
+
+    return run
+
+
 class DatasetCore:
     def __init__(self, catalog: Catalog, artifacts: ArtifactStore, *, chunk_bytes: int = 4 << 20) -> None:
         self.catalog = catalog
         self.artifacts = artifacts
         self.chunk_bytes = chunk_bytes
+        self._write_locks: dict[str, threading.RLock] = {}
+        self._write_locks_guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def _write_lock(self, name: str) -> Iterator[None]:
+        with self._write_locks_guard:
+            lock = self._write_locks.setdefault(name, threading.RLock())
+        with lock:
+            yield
 
     def _dataset(self, s: Any, name: str) -> DatasetRecord:
         rec = s.scalar(select(DatasetRecord).where(DatasetRecord.name == name))
@@ -247,7 +283,7 @@ class DatasetCore:
             .values(revision=expected_revision + 1, **values)
         )
         if res.rowcount != 1:
-            raise Conflict(f"version {v.id} changed while this write was in progress; retry it")
+            raise StaleWrite(f"version {v.id} changed while this write was in progress; retry it")
 
     @staticmethod
     def check_name(name: str) -> None:
@@ -318,24 +354,38 @@ class DatasetCore:
         clusters: list[Any],
         recount_clusters: bool = False,
         provenance_step: dict[str, Any] | None = None,
+        expected_revision: int | None = None,
     ) -> VersionInfo:
-        with self.catalog.session() as s:
-            ds = self._dataset(s, name)
-            v = s.get(VersionRecord, version_id)
-            if v is None or v.status != "active":
-                raise Conflict(
-                    f"{label(name, v.number) if v else version_id} was frozen during this write; nothing changed"
-                )
-            manifest = list(v.manifest or []) + [seg.to_manifest()]
-            stats = _merge_clusters(v.stats or {}, clusters)
-            values: dict[str, Any] = {"manifest": manifest, "row_count": v.row_count + added, "stats": stats}
-            if provenance_step:
-                values["provenance"] = list(v.provenance or []) + [provenance_step]
-            self._save_manifest(s, v, v.revision, **values)
-            ds.updated_at = utcnow()
-            s.flush()
-            s.refresh(v)
-            vid = v.id
+        """Commit a written segment to a version. With `expected_revision` (the revision the caller read and
+        checked its write against) a version changed since raises StaleWrite; the segment is then discarded."""
+        try:
+            with self.catalog.session() as s:
+                ds = self._dataset(s, name)
+                v = s.get(VersionRecord, version_id)
+                if v is None or v.status != "active":
+                    raise Conflict(
+                        f"{label(name, v.number) if v else version_id} was frozen during this write; nothing changed"
+                    )
+                rev = v.revision if expected_revision is None else expected_revision
+                if v.revision != rev:
+                    raise StaleWrite(f"version {v.id} changed while this write was in progress; retry it")
+                manifest = list(v.manifest or []) + [seg.to_manifest()]
+                stats = _merge_clusters(v.stats or {}, clusters)
+                values: dict[str, Any] = {
+                    "manifest": manifest,
+                    "row_count": v.row_count + added,
+                    "stats": stats,
+                }
+                if provenance_step:
+                    values["provenance"] = list(v.provenance or []) + [provenance_step]
+                self._save_manifest(s, v, rev, **values)
+                ds.updated_at = utcnow()
+                s.flush()
+                s.refresh(v)
+                vid = v.id
+        except Conflict:
+            self._discard(seg)  # nothing refers to it: leave no orphan file behind
+            raise
         if recount_clusters or len(manifest) > MAX_SEGMENTS_BEFORE_COMPACTION:
             self._maintain(
                 name, vid, compact=len(manifest) > MAX_SEGMENTS_BEFORE_COMPACTION, recount=recount_clusters

@@ -14,6 +14,7 @@ from opentracy.datasets._core import (
     DatasetCore,
     _row_out,
     label,
+    retry_stale,
 )
 from opentracy.datasets.models import (
     RowIn,
@@ -154,6 +155,7 @@ class RowsMixin(DatasetCore):
         finally:
             con.close()
 
+    @retry_stale
     def add_rows(
         self, name: str, rows: list[RowIn | dict[str, Any]], version: int | str | None = None
     ) -> VersionInfo:
@@ -169,7 +171,7 @@ class RowsMixin(DatasetCore):
         with self.catalog.session() as s:
             ds = self._dataset(s, name)
             v = self._active(s, ds, version)
-            manifest, dsid = Manifest.of(v.manifest or []), ds.id
+            manifest, dsid, rev = Manifest.of(v.manifest or []), ds.id, v.revision
         if ids:
             existing = self._existing(manifest, ids)
             if existing:
@@ -180,7 +182,9 @@ class RowsMixin(DatasetCore):
         table = _rows_table(parsed, seq)
         seg = write_segment(self.artifacts, [table], id_salt=dsid, kind="delta")
         clusters = [r.metadata.get("cluster_id") for r in parsed if r.metadata.get("cluster_id") is not None]
-        return self._append_segment(name, v.id, seg, added=len(parsed), clusters=clusters)
+        return self._append_segment(
+            name, v.id, seg, added=len(parsed), clusters=clusters, expected_revision=rev
+        )
 
     def update_row(
         self,
@@ -199,6 +203,7 @@ class RowsMixin(DatasetCore):
             version=version,
         )[0]
 
+    @retry_stale
     def update_rows(
         self, name: str, changes: list[dict[str, Any]], version: int | str | None = None
     ) -> list[RowOut]:
@@ -223,7 +228,7 @@ class RowsMixin(DatasetCore):
         with self.catalog.session() as s:
             ds = self._dataset(s, name)
             v = self._active(s, ds, version)
-            manifest, dsid = Manifest.of(v.manifest or []), ds.id
+            manifest, dsid, rev = Manifest.of(v.manifest or []), ds.id, v.revision
         current = {r.row_id: (r, o) for r, o in self._fetch(manifest, ids)}  # type: ignore[arg-type]
         missing = [i for i in ids if i not in current]
         if missing:
@@ -244,12 +249,13 @@ class RowsMixin(DatasetCore):
         clusters = [
             r.metadata.get("cluster_id") for r, _ in new_rows if r.metadata.get("cluster_id") is not None
         ]
-        self._append_segment(name, v.id, seg, added=0, clusters=clusters)
+        self._append_segment(name, v.id, seg, added=0, clusters=clusters, expected_revision=rev)
         return [
             RowOut(row_id=r.row_id or "", prompt=r.prompt, response=r.response, metadata=r.metadata)
             for r, _ in new_rows
         ]
 
+    @retry_stale
     def delete_rows(self, name: str, row_ids: list[str], version: int | str | None = None) -> VersionInfo:
         if not row_ids:
             raise InvalidInput("no row ids to delete")
@@ -257,7 +263,7 @@ class RowsMixin(DatasetCore):
         with self.catalog.session() as s:
             ds = self._dataset(s, name)
             v = self._active(s, ds, version)
-            manifest, dsid = Manifest.of(v.manifest or []), ds.id
+            manifest, dsid, rev = Manifest.of(v.manifest or []), ds.id, v.revision
         found = self._existing(manifest, ids)
         missing = [i for i in ids if i not in found]
         if missing:
@@ -276,7 +282,9 @@ class RowsMixin(DatasetCore):
             schema=INPUT_SCHEMA,
         )
         seg = write_segment(self.artifacts, [table], id_salt=dsid, kind="delta")
-        return self._append_segment(name, v.id, seg, added=-n, clusters=[], recount_clusters=True)
+        return self._append_segment(
+            name, v.id, seg, added=-n, clusters=[], recount_clusters=True, expected_revision=rev
+        )
 
     def _existing(self, manifest: Manifest, ids: list[str]) -> set[str]:
         if not manifest.segments:
