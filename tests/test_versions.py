@@ -392,3 +392,93 @@ def test_a_row_write_overtaken_by_another_process_is_done_again(engine, tickets,
         assert tickets.version("tickets").row_count == 301
     finally:
         other.close()
+
+
+def _during_upload(monkeypatch, engine, write) -> None:
+    """Run `write()` (through another engine: another process, in effect) once an upload has written and
+    checked its rows, just before it commits."""
+    real = type(engine.datasets)._check_ids
+
+    def hooked(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        drop = real(self, *args, **kwargs)
+        write()
+        return drop
+
+    monkeypatch.setattr(type(engine.datasets), "_check_ids", hooked)
+
+
+def test_an_upload_lands_when_other_rows_change_while_it_runs(
+    engine, tickets, settings, monkeypatch, write_jsonl
+):
+    # It used to fail with "changed while this upload ran; upload again" after doing all its work.
+    from opentracy.engine import Engine
+
+    other = Engine(settings)
+    try:
+        _during_upload(
+            monkeypatch,
+            engine,
+            lambda: (
+                other.datasets.update_row("tickets", "r_0000001", response="edited meanwhile"),
+                other.datasets.delete_rows("tickets", ["r_0000002"]),
+                other.datasets.add_rows("tickets", [{"row_id": "meanwhile", "prompt": "p", "response": "r"}]),
+            ),
+        )
+        rows = [{"row_id": f"up_{i}", "prompt": f"p{i}", "response": "r"} for i in range(50)]
+        res = tickets.upload("tickets", write_jsonl(rows, "more.jsonl"))
+        assert res.rows_added == 50
+        v = tickets.version("tickets")
+        assert v.row_count == 300 - 1 + 1 + 50
+        assert tickets.get_row("tickets", "r_0000001").response == "edited meanwhile"
+        assert tickets.get_row("tickets", "up_49") and tickets.get_row("tickets", "meanwhile")
+        with pytest.raises(NotFound):
+            tickets.get_row("tickets", "r_0000002")
+    finally:
+        other.close()
+
+
+def test_an_upload_clashing_with_a_row_added_while_it_runs_changes_nothing(
+    engine, tickets, settings, monkeypatch, write_jsonl
+):
+    from opentracy.engine import Engine
+
+    other = Engine(settings)
+    try:
+        _during_upload(
+            monkeypatch,
+            engine,
+            lambda: other.datasets.add_rows(
+                "tickets", [{"row_id": "up_7", "prompt": "theirs", "response": "r"}]
+            ),
+        )
+        before = set(segment_files(engine))
+        rows = [{"row_id": f"up_{i}", "prompt": f"p{i}", "response": "r"} for i in range(50)]
+        with pytest.raises(Conflict, match=r"row ids 'up_7' were added to tickets-v1 while this upload ran"):
+            tickets.upload("tickets", write_jsonl(rows, "more.jsonl"))
+        assert tickets.version("tickets").row_count == 301
+        assert tickets.get_row("tickets", "up_7").prompt == "theirs"
+        assert len(set(segment_files(engine)) - before) == 1  # theirs; the upload's segment is gone
+    finally:
+        other.close()
+
+
+def test_an_upload_into_a_version_frozen_while_it_runs_starts_the_next_one(
+    engine, tickets, settings, monkeypatch, write_jsonl
+):
+    from opentracy.engine import Engine
+
+    other = Engine(settings)
+    try:
+        _during_upload(monkeypatch, engine, lambda: other.datasets.freeze("tickets"))
+        rows = [{"row_id": f"up_{i}", "prompt": f"p{i}", "response": "r"} for i in range(10)]
+        res = tickets.upload("tickets", write_jsonl(rows, "more.jsonl"))
+        assert (res.version.label, res.version.status, res.version.parent) == (
+            "tickets-v2",
+            "active",
+            "tickets-v1",
+        )
+        v1 = tickets.version("tickets", 1)
+        assert v1.status == "frozen" and v1.row_count == 300
+        assert tickets.version("tickets", 2).row_count == 310
+    finally:
+        other.close()

@@ -26,7 +26,7 @@ from opentracy.datasets.models import (
     UploadResult,
     VersionInfo,
 )
-from opentracy.errors import Cancelled, Conflict, InvalidInput
+from opentracy.errors import Cancelled, Conflict, InvalidInput, StaleWrite
 from opentracy.store.segments import (
     INPUT_SCHEMA,
     ROW_GROUP_ROWS,
@@ -161,7 +161,15 @@ class UploadMixin(DatasetCore):
                 if len(writer.cluster_ids) < 10_000
                 else []
             )
-            info = self._commit_upload(name, dsid, description, target, seg, step, clusters)
+            with self._write_lock(name):  # row writes of this process wait; other processes' are retried
+                for attempt in range(5):
+                    try:
+                        info = self._commit_upload(name, dsid, description, target, seg, step, clusters)
+                        break
+                    except StaleWrite:
+                        if attempt == 4:
+                            raise
+                        time.sleep(0.01 * 2**attempt)
         except BaseException:
             self._discard(seg)
             raise
@@ -309,6 +317,23 @@ class UploadMixin(DatasetCore):
             drop.add(int(o))
         return drop
 
+    def _ids_in_version(self, seg: SegmentInfo, manifest: Manifest) -> list[str]:
+        """Row ids of a new segment that a version already holds (the first few)."""
+        if not manifest.segments:
+            return []
+        vsql = version_sql(self.artifacts, manifest, verify=True, columns="row_id")
+        con = duck()
+        try:
+            return [
+                r[0]
+                for r in con.sql(
+                    f"SELECT n.row_id FROM read_parquet('{self.artifacts.local_path(seg.key)}') n "
+                    f"JOIN ({vsql}) e ON n.row_id = e.row_id ORDER BY n.ord LIMIT 3"
+                ).fetchall()
+            ]
+        finally:
+            con.close()
+
     def _rewrite_without(self, seg: SegmentInfo, drop: set[int]) -> SegmentInfo:
         path = self.artifacts.local_path(seg.key)
         con = duck()
@@ -361,10 +386,18 @@ class UploadMixin(DatasetCore):
                     .order_by(VersionRecord.number.desc())
                     .limit(1)
                 )
-                if target is not None and (
-                    latest is None or latest.id != target.id or latest.revision != target.revision
-                ):
+                if target is not None and (latest is None or latest.id != target.id):
                     raise Conflict(f"dataset {name!r} changed while this upload ran; upload again")
+                if target is not None and latest.revision != target.revision:
+                    # Written to meanwhile (rows edited, added or deleted; or frozen): the ids were checked
+                    # against the version as it was, so check them against rows it holds now. Edits and
+                    # deletions of other rows cannot clash; a row added meanwhile with one of our ids can.
+                    clash = self._ids_in_version(seg, Manifest.of(latest.manifest or []))
+                    if clash:
+                        raise Conflict(
+                            f"row ids {', '.join(repr(c) for c in clash[:3])} were added to "
+                            f"{label(name, latest.number)} while this upload ran; nothing was uploaded"
+                        )
                 if latest is not None and latest.status == "active":
                     v = latest
                     self._save_manifest(
