@@ -482,3 +482,17 @@ def test_an_upload_into_a_version_frozen_while_it_runs_starts_the_next_one(
         assert tickets.version("tickets", 2).row_count == 310
     finally:
         other.close()
+
+
+def test_a_filtered_total_is_kept_for_later_pages_and_follows_every_write(tickets):
+    first = tickets.rows("tickets", limit=10, q="question 1")
+    assert first.total == 111  # question 1, 10-19, 100-199
+    again = tickets.rows("tickets", limit=10, q="question 1", cursor=first.next_cursor)
+    assert again.total == 111
+    tickets.add_rows("tickets", [{"prompt": "question 1 again", "response": "billing"}])
+    assert tickets.rows("tickets", limit=10, q="question 1", cursor=first.next_cursor).total == 112
+    tickets.delete_rows("tickets", ["r_0000001", "r_0000010"])
+    assert tickets.rows("tickets", limit=10, q="question 1").total == 110
+    tickets.update_row("tickets", "r_0000011", prompt="no longer matches")
+    assert tickets.rows("tickets", limit=10, q="question 1").total == 109
+    assert tickets.rows("tickets", limit=10, q="question 2").total == 111  # another filter, its own count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
@@ -139,6 +140,29 @@ def _row_out(r: tuple[Any, ...]) -> RowOut:
 T = TypeVar("T")
 
 
+class _Lru:
+    """A small thread-safe least-recently-used map."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._d: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            if key not in self._d:
+                return None
+            self._d.move_to_end(key)
+            return self._d[key]
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+
+
 def retry_stale(op: Callable[..., T]) -> Callable[..., T]:
     """Run a row write again when another write to the same version committed between its read and its
     commit (StaleWrite): each attempt re-reads the version and re-checks the rows. Writers in this process
@@ -166,6 +190,7 @@ class DatasetCore:
         self.chunk_bytes = chunk_bytes
         self._write_locks: dict[str, threading.RLock] = {}
         self._write_locks_guard = threading.Lock()
+        self._totals = _Lru(256)  # filtered row counts, for the pages after the first
 
     @contextlib.contextmanager
     def _write_lock(self, name: str) -> Iterator[None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -63,11 +64,17 @@ class RowsMixin(DatasetCore):
         where_sql = " AND ".join(page_conds) or "true"
         con = duck()
         try:
-            # The total: the catalog knows it unless a filter applies.
+            # The total: the catalog knows it unless a filter applies. A filtered count scans the version, so
+            # it is kept for the next pages: the SQL names the version's content-addressed segments, so the key
+            # changes whenever its rows do.
             if conds:
-                total = con.execute(
-                    f"SELECT count(*) FROM ({sql}) WHERE {' AND '.join(conds)}", params
-                ).fetchall()[0][0]
+                key = json.dumps([sql, conds, params], default=str)
+                total = self._totals.get(key)
+                if total is None:
+                    total = con.execute(
+                        f"SELECT count(*) FROM ({sql}) WHERE {' AND '.join(conds)}", params
+                    ).fetchall()[0][0]
+                    self._totals.put(key, total)
             else:
                 total = info.row_count
             # Late materialisation: find the page's positions reading only what the filters need, then
