@@ -26,7 +26,10 @@ lint: $(STAMP)
 bench-upload: $(STAMP)
 	$(BIN)/python bench/upload.py
 
-.PHONY: bench-upload-decoders bench-segment-codecs
+.PHONY: bench-upload-decoders bench-segment-codecs bench-rows
+bench-rows: $(STAMP)
+	$(BIN)/python bench/rows.py
+
 bench-upload-decoders: $(STAMP)
 	$(BIN)/python bench/upload_decoders.py
 
