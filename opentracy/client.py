@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -117,7 +117,11 @@ class Job:
 
 
 def _when(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
+    """A server time: UTC, aware (a server before 2026-12 sent SQLite's times without their offset)."""
+    if not text:
+        return None
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 @dataclass

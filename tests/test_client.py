@@ -448,3 +448,14 @@ def test_streamed_rows_keep_chat_prompts_versions_and_refuse_an_altered_segment(
         os.utime(seg, ns=(seg.stat().st_atime_ns, seg.stat().st_mtime_ns + 1_000_000))
     with pytest.raises(IntegrityError, match="altered or corrupted"):
         list(client.rows("mix", 1))
+
+
+def test_server_times_are_read_as_utc_even_without_an_offset() -> None:
+    from datetime import UTC, datetime
+
+    from opentracy.client import _when
+
+    # an older server sent SQLite's times without their offset; they were UTC all along
+    assert _when("2026-12-01T22:56:55.456939") == datetime(2026, 12, 1, 22, 56, 55, 456939, tzinfo=UTC)
+    assert _when("2026-12-01T23:56:55+01:00") == datetime(2026, 12, 1, 22, 56, 55, tzinfo=UTC)
+    assert _when(None) is None and _when("") is None
