@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -276,7 +277,13 @@ class SegmentWriter:
                     continue
                 if self._writer is None:
                     self._sink = HashingFile(self._path)  # hashed as written: not read again by put_file
-                    self._writer = segment_parquet_writer(self._sink)
+                    # Two writers making the same edit would write the same bytes, hence one file under one
+                    # content address, which a writer that lost a race could then delete under the other. A
+                    # delta is written once per write, so each gets a token of its own in the file's metadata.
+                    token = (
+                        {b"opentracy.write": secrets.token_hex(8).encode()} if self.kind == "delta" else None
+                    )
+                    self._writer = segment_parquet_writer(self._sink, metadata=token)
                 self._writer.write_table(t, row_group_size=ROW_GROUP_ROWS)
         except BaseException as e:
             self._error = e
@@ -342,11 +349,11 @@ class SegmentWriter:
         return self._repeats
 
 
-def segment_parquet_writer(sink: Any) -> pq.ParquetWriter:
+def segment_parquet_writer(sink: Any, metadata: dict[bytes, bytes] | None = None) -> pq.ParquetWriter:
     """A Parquet writer with the segment schema, codecs, dictionary and statistics settings."""
     return pq.ParquetWriter(
         sink,
-        SEGMENT_SCHEMA,
+        SEGMENT_SCHEMA.with_metadata(metadata) if metadata else SEGMENT_SCHEMA,
         compression=SEGMENT_COMPRESSION,
         use_dictionary=SEGMENT_DICTIONARY,
         write_statistics=SEGMENT_STATISTICS,
@@ -430,6 +437,10 @@ def version_sql(
             " NULL::BOOLEAN AS prompt_messages, NULL::VARCHAR AS response, NULL::VARCHAR AS metadata,"
             " NULL::BLOB AS row_hash) WHERE false"
         )
+    # A file listed twice (two deltas with the same bytes, written before deltas got a token of their own)
+    # counts at its last place: a later write wins, and its rows are not read twice.
+    last = {s["key"]: i for i, s in enumerate(manifest.segments)}
+    manifest = Manifest(tuple(s for i, s in enumerate(manifest.segments) if last[s["key"]] == i))
     paths = [
         artifacts.verify(s["key"], s.get("sha256")) if verify else artifacts.local_path(s["key"])
         for s in manifest.segments
