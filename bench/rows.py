@@ -19,26 +19,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
+
+from _serve import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+T = TypeVar("T")
 
 
 def bench_file(rows: int) -> Path:
@@ -52,7 +49,7 @@ def bench_file(rows: int) -> Path:
     return path
 
 
-def timed(fn) -> tuple[float, object]:  # type: ignore[no-untyped-def]
+def timed(fn: Callable[[], T]) -> tuple[float, T]:
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
@@ -68,29 +65,11 @@ def main() -> None:
     from opentracy.client import Distiller
 
     work = Path(tempfile.mkdtemp(prefix="opentracy-rows-bench-"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OPENTRACY_HOME": str(work / "home")}
-    env.pop("OPENTRACY_API_KEY", None)
-    log = open(work / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "opentracy.cli", "serve", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the server did not start; see {log.name}") from None
-                time.sleep(0.1)
-        with Distiller(base_url=url, progress=False, timeout=600) as c:
+        with (
+            serving(work / "home", work / "server.log") as (_, url),
+            Distiller(base_url=url, progress=False, timeout=600) as c,
+        ):
             ds = c.upload_dataset("bench", file)
             n = ds.row_count
 
@@ -125,19 +104,13 @@ def main() -> None:
                     if count != n:
                         raise SystemExit(f"{name} read {count} rows, expected {n}")
                     results[name].append(secs)
-                secs, _ = timed(lambda: c.rows_page("bench", limit=100))
+                secs, _ = timed(partial(c.rows_page, "bench", limit=100))
                 page_ms["first"].append(secs * 1000)
-                secs, (_, nxt) = timed(lambda: c.rows_page("bench", limit=100, q=term))  # noqa: B023  # type: ignore[misc]
+                secs, (_, nxt) = timed(partial(c.rows_page, "bench", limit=100, q=term))
                 page_ms["filtered first"].append(secs * 1000)
-                secs, _ = timed(lambda: c.rows_page("bench", limit=100, q=term, cursor=nxt))  # noqa: B023
+                secs, _ = timed(partial(c.rows_page, "bench", limit=100, q=term, cursor=nxt))
                 page_ms["filtered next"].append(secs * 1000)
     finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
         shutil.rmtree(work, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in results.items()}

@@ -27,15 +27,15 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+
+from _serve import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -227,12 +227,6 @@ def fresh_dir(work: Path, name: str) -> Path:
     return d
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure_anchor(file: Path, work: Path, tag: str) -> dict:
     home = fresh_dir(work, f"anchor-{tag}")
     try:
@@ -253,43 +247,16 @@ def measure_library_and_versions(file: Path, work: Path, rows: int, tag: str) ->
 
 def measure_http(file: Path, work: Path, tag: str) -> dict:
     home = fresh_dir(work, f"http-{tag}")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OPENTRACY_HOME": str(home)}
-    env.pop("OPENTRACY_API_KEY", None)
-    log = open(work / f"server-{tag}.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "opentracy.cli", "serve", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the server did not start; see {log.name}") from None
-                time.sleep(0.1)
-        server_cpu = cpu_seconds(server.pid)
-        res = run_child("http", file=str(file), url=url)
-        # the server's CPU over the upload (and the client's last lookup): it does nothing else meanwhile
-        res["cpu_s"] = res["client_cpu_s"] + cpu_seconds(server.pid) - server_cpu
-        res["client_rss_mb"] = res.pop("rss_mb")
-        res["server_rss_mb"] = peak_rss_mb(server.pid)
-        return res
+        with serving(home, work / f"server-{tag}.log") as (server, url):
+            server_cpu = cpu_seconds(server.pid)
+            res = run_child("http", file=str(file), url=url)
+            # the server's CPU over the upload (and the client's last lookup): it does nothing else meanwhile
+            res["cpu_s"] = res["client_cpu_s"] + cpu_seconds(server.pid) - server_cpu
+            res["client_rss_mb"] = res.pop("rss_mb")
+            res["server_rss_mb"] = peak_rss_mb(server.pid)
+            return res
     finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -13,6 +13,7 @@ and returns the result, or returns the `Job` at once with `wait=False`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -66,6 +67,10 @@ class Row:
     prompt: str | list[dict[str, Any]]
     response: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def _from(cls, d: dict[str, Any]) -> Row:
+        return cls(d["row_id"], d["prompt"], d["response"], d.get("metadata") or {})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -539,10 +544,7 @@ class Distiller:
         ver = version if version is not None else "latest"
         url = f"/v1/datasets/{name}/versions/{ver}/export"
         try:
-            with self._http.stream("GET", url, params={"format": "jsonl"}) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    _raise_for(resp)
+            with self._stream_get(url, {"format": "jsonl"}) as resp:
                 # Split on b"\n" only: httpx's iter_lines also splits on U+2028 and the like, which JSON
                 # text may hold raw inside a string.
                 rest = b""
@@ -551,12 +553,9 @@ class Distiller:
                     rest = lines.pop()
                     for line in lines:
                         if line:
-                            d = json.loads(line)
-                            yield Row(d["row_id"], d["prompt"], d["response"], d.get("metadata") or {})
+                            yield Row._from(json.loads(line))
                 if rest.strip():
                     raise errors.OpentracyError(f"the rows of {name} ended part way through a line")
-        except httpx.ConnectError:
-            raise ServerUnreachable(f"cannot reach the opentracy server at {self.base_url}") from None
         except (httpx.RemoteProtocolError, httpx.ReadError) as e:
             raise errors.OpentracyError(
                 f"the server stopped sending the rows of {name} part way ({e}); see its log"
@@ -586,12 +585,12 @@ class Distiller:
         if cursor:
             params["cursor"] = cursor
         page = self._json("GET", f"/v1/datasets/{name}/versions/{ver}/rows", params=params)
-        rows = [Row(r["row_id"], r["prompt"], r["response"], r.get("metadata") or {}) for r in page["rows"]]
+        rows = [Row._from(r) for r in page["rows"]]
         return rows, page.get("next_cursor")
 
     def get_row(self, name: str, row_id: str, version: int | str = "latest") -> Row:
         r = self._json("GET", f"/v1/datasets/{name}/versions/{version}/rows/{row_id}")
-        return Row(r["row_id"], r["prompt"], r["response"], r.get("metadata") or {})
+        return Row._from(r)
 
     def add_rows(self, name: str, rows: list[dict[str, Any]], version: int | str = "active") -> Dataset:
         v = self._json("POST", f"/v1/datasets/{name}/versions/{version}/rows", json={"rows": rows})
@@ -613,13 +612,13 @@ class Distiller:
             if v is not None
         }
         r = self._json("PATCH", f"/v1/datasets/{name}/versions/{version}/rows/{row_id}", json=body)
-        return Row(r["row_id"], r["prompt"], r["response"], r.get("metadata") or {})
+        return Row._from(r)
 
     def update_rows(self, name: str, rows: list[dict[str, Any]], version: int | str = "active") -> list[Row]:
         got = self._json("PATCH", f"/v1/datasets/{name}/versions/{version}/rows", json={"rows": rows})[
             "items"
         ]
-        return [Row(r["row_id"], r["prompt"], r["response"], r.get("metadata") or {}) for r in got]
+        return [Row._from(r) for r in got]
 
     def delete_rows(self, name: str, row_ids: list[str], version: int | str = "active") -> Dataset:
         v = self._json(
@@ -645,10 +644,7 @@ class Distiller:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
         try:
-            with self._http.stream("GET", url, params=params) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    _raise_for(resp)
+            with self._stream_get(url, params) as resp:
                 size = resp.headers.get("content-length")
                 with self._progress_bar(None) as bar, open(tmp, "wb") as f:
                     # A streamed export has no length ahead: the bar then counts what has arrived.
@@ -664,11 +660,21 @@ class Distiller:
                         bar.update(task, advance=len(chunk), note=f"{got / 1e6:,.1f} MB")
                     bar.update(task, total=got, completed=got)
             os.replace(tmp, dest)
-        except httpx.ConnectError:
-            raise ServerUnreachable(f"cannot reach the opentracy server at {self.base_url}") from None
         finally:
             tmp.unlink(missing_ok=True)
         return dest
+
+    @contextlib.contextmanager
+    def _stream_get(self, url: str, params: dict[str, Any]) -> Iterator[httpx.Response]:
+        """A GET answer to read as it arrives; an error answer raises its typed error."""
+        try:
+            with self._http.stream("GET", url, params=params) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    _raise_for(resp)
+                yield resp
+        except httpx.ConnectError:
+            raise ServerUnreachable(f"cannot reach the opentracy server at {self.base_url}") from None
 
     def to_hf(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 from conftest import segment_files, spec_rows
@@ -348,7 +349,7 @@ def _race_once(monkeypatch, race) -> list[int]:
     calls: list[int] = []
     racing: list[bool] = []
 
-    def hooked(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def hooked(*args: Any, **kwargs: Any) -> Any:
         seg = real(*args, **kwargs)
         if racing:  # the other engine's own write
             return seg
@@ -399,7 +400,7 @@ def _during_upload(monkeypatch, engine, write) -> None:
     checked its rows, just before it commits."""
     real = type(engine.datasets)._check_ids
 
-    def hooked(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def hooked(self: Any, *args: Any, **kwargs: Any) -> Any:
         drop = real(self, *args, **kwargs)
         write()
         return drop

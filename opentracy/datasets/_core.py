@@ -163,22 +163,25 @@ class _Lru:
                 self._d.popitem(last=False)
 
 
+def again_if_stale(call: Callable[[], T], attempts: int = 8) -> T:
+    """Run `call` again when another write to the same version committed between its read and its commit
+    (StaleWrite), backing off a little more each time; the last StaleWrite is raised."""
+    for attempt in range(attempts - 1):
+        try:
+            return call()
+        except StaleWrite:
+            time.sleep(random.uniform(0.005, 0.02) * 2**attempt)
+    return call()
+
+
 def retry_stale(op: Callable[..., T]) -> Callable[..., T]:
-    """Run a row write again when another write to the same version committed between its read and its
-    commit (StaleWrite): each attempt re-reads the version and re-checks the rows. Writers in this process
-    take turns per dataset, so they rarely meet; writers in other processes back off and retry."""
+    """A row write that re-reads the version and re-checks its rows when another write overtook it. Writers
+    in this process take turns per dataset, so they rarely meet; writers in other processes retry."""
 
     @functools.wraps(op)
     def run(self: DatasetCore, name: str, *args: Any, **kwargs: Any) -> T:
         with self._write_lock(name):
-            for attempt in range(8):
-                try:
-                    return op(self, name, *args, **kwargs)
-                except StaleWrite:
-                    if attempt == 7:
-                        raise
-                    time.sleep(random.uniform(0.005, 0.02) * 2**attempt)
-        raise AssertionError("unreachable")
+            return again_if_stale(lambda: op(self, name, *args, **kwargs))
 
     return run
 

@@ -19,6 +19,7 @@ from opentracy.datasets._core import (
     ProgressFn,
     _merge_clusters,
     _now_iso,
+    again_if_stale,
     label,
     new_id,
 )
@@ -26,7 +27,7 @@ from opentracy.datasets.models import (
     UploadResult,
     VersionInfo,
 )
-from opentracy.errors import Cancelled, Conflict, InvalidInput, StaleWrite
+from opentracy.errors import Cancelled, Conflict, InvalidInput
 from opentracy.store.segments import (
     INPUT_SCHEMA,
     ROW_GROUP_ROWS,
@@ -162,14 +163,9 @@ class UploadMixin(DatasetCore):
                 else []
             )
             with self._write_lock(name):  # row writes of this process wait; other processes' are retried
-                for attempt in range(5):
-                    try:
-                        info = self._commit_upload(name, dsid, description, target, seg, step, clusters)
-                        break
-                    except StaleWrite:
-                        if attempt == 4:
-                            raise
-                        time.sleep(0.01 * 2**attempt)
+                info = again_if_stale(
+                    lambda: self._commit_upload(name, dsid, description, target, seg, step, clusters)
+                )
         except BaseException:
             self._discard(seg)
             raise
