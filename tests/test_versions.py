@@ -485,6 +485,141 @@ def test_an_upload_into_a_version_frozen_while_it_runs_starts_the_next_one(
         other.close()
 
 
+def _once(write):
+    """`write` for `_during_upload` when it uploads too: run it for the first upload's check only."""
+    done: list[bool] = []
+
+    def run() -> None:
+        if not done:
+            done.append(True)
+            write()
+
+    return run
+
+
+def test_parallel_uploads_into_a_new_dataset_all_land(engine, settings, monkeypatch, write_jsonl):
+    # Shards uploaded at once into a name that does not exist yet: the upload that commits second used to
+    # fail with "a dataset named 'shards' was created while this upload ran; upload again".
+    from opentracy.engine import Engine
+
+    other = Engine(settings)
+    try:
+        theirs = write_jsonl([{"prompt": f"theirs {i}", "response": "r"} for i in range(40)], "a.jsonl")
+        _during_upload(monkeypatch, engine, _once(lambda: other.datasets.upload("shards", theirs)))
+        mine = write_jsonl([{"prompt": f"mine {i}", "response": "r"} for i in range(60)], "b.jsonl")
+        res = engine.datasets.upload("shards", mine)
+        assert res.rows_added == 60 and res.version.label == "shards-v1" and res.version.row_count == 100
+        rows = list(engine.datasets.iter_rows("shards"))
+        # theirs first (committed first), then mine, each in file order; every generated id distinct
+        assert [r.prompt for r in rows] == [f"theirs {i}" for i in range(40)] + [
+            f"mine {i}" for i in range(60)
+        ]
+        assert len({r.row_id for r in rows}) == 100
+        v = engine.datasets.version("shards")
+        assert [p["file"] for p in v.provenance] == ["a.jsonl", "b.jsonl"]
+        assert len(segment_files(engine)) == 2  # theirs and our renumbered one: the first of ours is gone
+        frozen = engine.datasets.freeze("shards")
+        assert frozen.row_count == 100
+        assert [r.prompt for r in engine.datasets.iter_rows("shards")][38:42] == [
+            "theirs 38", "theirs 39", "mine 0", "mine 1",
+        ]  # fmt: skip
+    finally:
+        other.close()
+
+
+def test_shards_uploaded_from_threads_into_a_new_dataset_all_land(engine, write_jsonl):
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [
+        write_jsonl([{"prompt": f"shard {k} row {i}", "response": "r"} for i in range(50)], f"shard{k}.jsonl")
+        for k in range(4)
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda f: engine.datasets.upload("shards", f), files))
+    assert sorted(r.rows_added for r in results) == [50] * 4
+    v = engine.datasets.version("shards")
+    assert (v.label, v.row_count, len(v.provenance)) == ("shards-v1", 200, 4)
+    rows = list(engine.datasets.iter_rows("shards"))
+    assert len(rows) == 200 and len({r.row_id for r in rows}) == 200
+    for k in range(4):  # each shard's rows together, in file order
+        mine = [r.prompt for r in rows if r.prompt.startswith(f"shard {k} ")]
+        assert mine == [f"shard {k} row {i}" for i in range(50)]
+
+
+def test_parallel_uploads_into_a_new_dataset_with_one_row_id_refuse_the_second(
+    engine, settings, monkeypatch, write_jsonl
+):
+    from opentracy.engine import Engine
+
+    other = Engine(settings)
+    try:
+        theirs = write_jsonl(
+            [{"row_id": f"t{i}", "prompt": "theirs", "response": "r"} for i in range(5)], "a.jsonl"
+        )
+        _during_upload(monkeypatch, engine, _once(lambda: other.datasets.upload("shards", theirs)))
+        mine = write_jsonl([{"row_id": f"m{i}", "prompt": "mine", "response": "r"} for i in range(5)]
+                           + [{"row_id": "t3", "prompt": "mine", "response": "r"}], "b.jsonl")  # fmt: skip
+        with pytest.raises(Conflict, match=r"row ids 't3' were added to shards-v1 while this upload ran"):
+            engine.datasets.upload("shards", mine)
+        assert engine.datasets.version("shards").row_count == 5
+        assert engine.datasets.get_row("shards", "t3").prompt == "theirs"
+        assert len(segment_files(engine)) == 1  # theirs; ours is gone
+    finally:
+        other.close()
+
+
+def test_an_upload_lands_in_a_version_started_while_it_runs(
+    engine, tickets, settings, monkeypatch, write_jsonl
+):
+    # It used to fail with "dataset 'tickets' changed while this upload ran; upload again".
+    from opentracy.engine import Engine
+
+    other = Engine(settings)
+    try:
+        _during_upload(
+            monkeypatch,
+            engine,
+            lambda: (
+                other.datasets.freeze("tickets"),
+                other.datasets.new_version("tickets"),
+                other.datasets.add_rows("tickets", [{"row_id": "v2 row", "prompt": "p", "response": "r"}]),
+            ),
+        )
+        rows = [{"row_id": f"up_{i}", "prompt": f"p{i}", "response": "r"} for i in range(10)]
+        res = tickets.upload("tickets", write_jsonl(rows, "more.jsonl"))
+        assert (res.version.label, res.version.row_count) == ("tickets-v2", 311)
+        assert tickets.version("tickets", 1).row_count == 300
+        assert [v.label for v in tickets.versions("tickets")] == ["tickets-v1", "tickets-v2"]
+        assert tickets.get_row("tickets", "up_9") and tickets.get_row("tickets", "v2 row")
+    finally:
+        other.close()
+
+
+def test_an_upload_clashing_with_a_row_of_a_version_started_while_it_runs_changes_nothing(
+    engine, tickets, settings, monkeypatch, write_jsonl
+):
+    from opentracy.engine import Engine
+
+    other = Engine(settings)
+    try:
+        _during_upload(
+            monkeypatch,
+            engine,
+            lambda: (
+                other.datasets.freeze("tickets"),
+                other.datasets.new_version("tickets"),
+                other.datasets.add_rows("tickets", [{"row_id": "up_3", "prompt": "theirs", "response": "r"}]),
+            ),
+        )
+        rows = [{"row_id": f"up_{i}", "prompt": f"p{i}", "response": "r"} for i in range(10)]
+        with pytest.raises(Conflict, match=r"row ids 'up_3' were added to tickets-v2 while this upload ran"):
+            tickets.upload("tickets", write_jsonl(rows, "more.jsonl"))
+        assert tickets.version("tickets").row_count == 301
+        assert tickets.get_row("tickets", "up_3").prompt == "theirs"
+    finally:
+        other.close()
+
+
 def test_a_filtered_total_is_kept_for_later_pages_and_follows_every_write(tickets):
     first = tickets.rows("tickets", limit=10, q="question 1")
     assert first.total == 111  # question 1, 10-19, 100-199

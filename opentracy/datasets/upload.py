@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,14 @@ from opentracy.store.segments import (
     write_stored_rows,
 )
 from opentracy.store.tables import DatasetRecord, VersionRecord, utcnow
+
+
+class _DatasetAppeared(Exception):
+    """The dataset an upload was to create exists now: another upload (or writer) created it meanwhile."""
+
+    def __init__(self, dataset_id: str) -> None:
+        super().__init__(dataset_id)
+        self.dataset_id = dataset_id
 
 
 class UploadMixin(DatasetCore):
@@ -124,7 +132,7 @@ class UploadMixin(DatasetCore):
                 src, seg, writer.problems, writer.may_repeat_ids(), lines, base_ord, target
             )
             if drop:
-                seg = self._rewrite_without(seg, drop)
+                seg = self._rewrite(seg, drop=drop)
             if seg.rows == 0:  # only possible when skipping: every record was bad
                 first = src.errors.items[0] if src.errors.items else {}
                 where = ", ".join(f"{k} {v}" for k, v in first.items() if k != "error")
@@ -163,9 +171,20 @@ class UploadMixin(DatasetCore):
                 else []
             )
             with self._write_lock(name):  # row writes of this process wait; other processes' are retried
-                info = again_if_stale(
-                    lambda: self._commit_upload(name, dsid, description, target, seg, step, clusters)
-                )
+                try:
+                    info = again_if_stale(
+                        lambda: self._commit_upload(name, dsid, description, target, seg, step, clusters)
+                    )
+                except _DatasetAppeared as appeared:
+                    # Another upload created the dataset while this one ran (parallel uploads of shards into
+                    # a new name): join it. Our ords were numbered for a new dataset, so they move to a
+                    # write sequence of the existing one; the commit then checks our ids against its rows.
+                    dsid = appeared.dataset_id
+                    seq = self._reserve_write_seq(dsid)
+                    seg = self._rewrite(seg, ord_shift=(seq << 32) - base_ord)
+                    info = again_if_stale(
+                        lambda: self._commit_upload(name, dsid, description, None, seg, step, clusters)
+                    )
         except BaseException:
             self._discard(seg)
             raise
@@ -330,12 +349,14 @@ class UploadMixin(DatasetCore):
         finally:
             con.close()
 
-    def _rewrite_without(self, seg: SegmentInfo, drop: set[int]) -> SegmentInfo:
+    def _rewrite(self, seg: SegmentInfo, *, drop: Collection[int] = (), ord_shift: int = 0) -> SegmentInfo:
+        """The segment again without the rows at `drop` (ords), and with every ord moved by `ord_shift`."""
         path = self.artifacts.local_path(seg.key)
         con = duck()
         try:
             reader = con.sql(
-                f"SELECT * FROM read_parquet('{path}') WHERE NOT list_contains(?, ord) ORDER BY ord",
+                f"SELECT * REPLACE (ord + {int(ord_shift)} AS ord) FROM read_parquet('{path}') "
+                "WHERE NOT list_contains(?, ord) ORDER BY ord",
                 params=[sorted(drop)],
             ).to_arrow_reader(batch_size=ROW_GROUP_ROWS)
             out = write_stored_rows(self.artifacts, reader, scratch="rewrite")
@@ -357,10 +378,9 @@ class UploadMixin(DatasetCore):
         with self.catalog.session() as s:
             ds = s.get(DatasetRecord, dsid)
             if ds is None:
-                if s.scalar(select(DatasetRecord.id).where(DatasetRecord.name == name)):
-                    raise Conflict(
-                        f"a dataset named {name!r} was created while this upload ran; upload again"
-                    )
+                appeared = s.scalar(select(DatasetRecord.id).where(DatasetRecord.name == name))
+                if appeared:
+                    raise _DatasetAppeared(appeared)
                 ds = DatasetRecord(id=dsid, name=name, description=description or "", write_seq=1)
                 s.add(ds)
                 s.flush()
@@ -382,11 +402,12 @@ class UploadMixin(DatasetCore):
                     .order_by(VersionRecord.number.desc())
                     .limit(1)
                 )
-                if target is not None and (latest is None or latest.id != target.id):
-                    raise Conflict(f"dataset {name!r} changed while this upload ran; upload again")
-                if target is not None and latest.revision != target.revision:
-                    # Written to meanwhile (rows edited, added or deleted; or frozen): the ids were checked
-                    # against the version as it was, so check them against rows it holds now. Edits and
+                if latest is not None and (
+                    target is None or latest.id != target.id or latest.revision != target.revision
+                ):
+                    # Written to meanwhile (rows edited, added or deleted; frozen; a new version started; or
+                    # the dataset created by another upload): the ids were checked against the version as it
+                    # was, if at all, so check them against the rows the latest holds now. Edits and
                     # deletions of other rows cannot clash; a row added meanwhile with one of our ids can.
                     clash = self._ids_in_version(seg, Manifest.of(latest.manifest or []))
                     if clash:
