@@ -418,8 +418,8 @@ def ds_diff(ctx: click.Context, name: str, a: str | None, b: str | None, limit: 
     "--format",
     "fmt",
     type=click.Choice(["jsonl", "openai", "csv", "parquet", "hf"]),
-    default="jsonl",
-    show_default=True,
+    default=None,
+    help="Default: what PATH's suffix names (.jsonl, .csv, .parquet).",
 )
 @click.option("--version", default=None)
 @click.option(
@@ -436,7 +436,7 @@ def ds_export(
     ctx: click.Context,
     name: str,
     path: str,
-    fmt: str,
+    fmt: str | None,
     version: str | None,
     test_size: float | None,
     seed: int,
@@ -1173,10 +1173,16 @@ def review_edit(ctx: click.Context, name: str, row_id: str, response: str | None
 @review.command("export")
 @click.argument("name")
 @click.argument("path")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    default=None,
+    help="Default: what PATH's suffix names.",
+)
 @click.option("--include-pending", is_flag=True)
 @click.pass_context
-def review_export(ctx: click.Context, name: str, path: str, fmt: str, include_pending: bool) -> None:
+def review_export(ctx: click.Context, name: str, path: str, fmt: str | None, include_pending: bool) -> None:
     """Write the decisions (with judge scores and the original and edited text) to PATH."""
     dest = _client(ctx).export_review(name, path, format=fmt, include_pending=include_pending)
     click.echo(f"wrote {dest}")

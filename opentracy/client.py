@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 import httpx
 
 from opentracy import errors
+from opentracy.datasets.suffixes import export_format
 
 DEFAULT_URL = "http://localhost:8000"
 _ERRORS: dict[str, type[errors.OpentracyError]] = {
@@ -195,7 +196,7 @@ class Dataset:
     def new_version(self) -> Dataset:
         return self._c.new_version(self.name, parent=self.version)
 
-    def export(self, path: str | os.PathLike[str], format: str = "jsonl") -> Path:
+    def export(self, path: str | os.PathLike[str], format: str | None = None) -> Path:
         return self._c.export(self.name, path, format=format, version=self.version)
 
     def to_hf(self, *, test_size: float | int | None = None, seed: int = 0) -> Any:
@@ -631,12 +632,14 @@ class Distiller:
         name: str,
         path: str | os.PathLike[str],
         *,
-        format: str = "jsonl",
+        format: str | None = None,
         version: int | str | None = None,
     ) -> Path:
-        """Download a version as jsonl (spec rows), openai (chat fine-tuning JSONL), csv or parquet."""
+        """Download a version as jsonl (spec rows), openai (chat fine-tuning JSONL), csv or parquet; without
+        `format`, the one the file name's suffix names (.jsonl, .csv, .parquet)."""
         ver = version if version is not None else "latest"
-        return self._download(f"/v1/datasets/{name}/versions/{ver}/export", {"format": format}, path)
+        fmt = export_format(path, format)
+        return self._download(f"/v1/datasets/{name}/versions/{ver}/export", {"format": fmt}, path)
 
     def _download(self, url: str, params: dict[str, Any], path: str | os.PathLike[str]) -> Path:
         """Stream a GET answer into `path` (written whole or not at all)."""
@@ -1002,15 +1005,18 @@ class Distiller:
         )
 
     def export_review(
-        self, name: str, path: str | os.PathLike[str], *, format: str = "jsonl", include_pending: bool = False
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        *,
+        format: str | None = None,
+        include_pending: bool = False,
     ) -> Path:
-        """Write the review decisions as data (jsonl or csv), e.g. to train a judge on human labels."""
-        dest = Path(path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        params = {"format": format, "include_pending": str(include_pending).lower()}
-        resp = self._request("GET", f"/v1/datasets/{name}/review/export", params=params)
-        dest.write_bytes(resp.content)
-        return dest
+        """Write the review decisions as data (jsonl or csv; without `format`, as the file name's suffix
+        says), e.g. to train a judge on human labels."""
+        fmt = export_format(path, format, allowed=("jsonl", "csv"))
+        params = {"format": fmt, "include_pending": str(include_pending).lower()}
+        return self._download(f"/v1/datasets/{name}/review/export", params, path)
 
     def finish_review(
         self, name: str, *, pending: str | None = None, freeze: bool = True, progress: bool | None = None

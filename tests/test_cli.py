@@ -175,6 +175,10 @@ def test_version_commands_and_export(server, tickets, tmp_path):
     import pyarrow.parquet as pq
 
     assert pq.read_table(tmp_path / "v2.parquet").num_rows == 300
+    ok(server.url, "datasets", "export", "tickets", str(tmp_path / "by-suffix.parquet"))  # no --format
+    assert pq.read_table(tmp_path / "by-suffix.parquet").num_rows == 300
+    r = run(server.url, "datasets", "export", "tickets", str(tmp_path / "v2.txt"))
+    assert_one_line_error(r, "cannot tell the export format from the name 'v2.txt'")
     import datasets as hf_datasets
 
     hf = tmp_path / "v1-hf"

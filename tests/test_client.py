@@ -211,6 +211,17 @@ def test_freeze_new_version_diff_export_to_hf(client, tickets, tmp_path):
     with pytest.raises(errors.InvalidInput):
         client.export("tickets", tmp_path / "x.xml", format="xml")
     assert not (tmp_path / "x.xml").exists()
+    # no format: the file name's suffix says which (a .parquet file used to get JSONL)
+    assert pq.read_table(client.export("tickets", tmp_path / "s.parquet")).num_rows == 120
+    assert (
+        client.export("tickets", tmp_path / "s.CSV").read_text().startswith("row_id,prompt,response,metadata")
+    )
+    assert json.loads(client.export("tickets", tmp_path / "s.ndjson").read_text().splitlines()[0])["row_id"]
+    with pytest.raises(
+        errors.InvalidInput, match=r"cannot tell the export format from the name 'v2\.xml'; pass"
+    ):
+        client.export("tickets", tmp_path / "v2.xml")
+    assert not (tmp_path / "v2.xml").exists()
     # to_hf: a Dataset, or a deterministic train/validation split
     hf = frozen.to_hf()
     assert len(hf) == 120 and hf[0]["row_id"] == "r_0000000" and hf[0]["response"] == "billing"

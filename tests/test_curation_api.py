@@ -127,6 +127,12 @@ def test_cli_curate_and_review(server, mock, uploaded, tmp_path):
     assert r.exit_code == 0 and "2 of 3 decided" in r.stderr
     r = cli(server.url, "review", "export", "tickets", str(tmp_path / "d.csv"), "--format", "csv")
     assert r.exit_code == 0 and (tmp_path / "d.csv").read_text().count("\n") == 3
+    r = cli(
+        server.url, "review", "export", "tickets", str(tmp_path / "by-suffix.csv")
+    )  # csv: the name says so
+    assert r.exit_code == 0 and (tmp_path / "by-suffix.csv").read_text() == (tmp_path / "d.csv").read_text()
+    r = cli(server.url, "review", "export", "tickets", str(tmp_path / "d.parquet"))
+    assert r.exit_code != 0 and "pass format= (one of jsonl, csv)" in r.stderr
     r = cli(server.url, "review", "finish", "tickets")
     assert r.exit_code == 0 and r.stdout.startswith("tickets-v2  frozen")
     # mistakes: one line, non-zero exit

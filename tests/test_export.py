@@ -209,6 +209,24 @@ def test_export_bad_requests(engine, write_jsonl, tmp_path):
     assert not (tmp_path / "n.jsonl").exists() and not list(Path(tmp_path).glob("*.part"))
 
 
+def test_export_format_follows_the_suffix_unless_given(engine, write_jsonl, tmp_path):
+    import pyarrow.parquet as pq
+
+    engine.datasets.upload("t", write_jsonl(spec_rows(3)))
+    assert engine.datasets.export("t", None, None, tmp_path / "t.parquet") == 3
+    assert pq.read_table(tmp_path / "t.parquet").column("row_id").to_pylist() == [
+        r["row_id"] for r in spec_rows(3)
+    ]
+    engine.datasets.export("t", None, None, tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text().count("\n") == 4
+    engine.datasets.export("t", None, "openai", tmp_path / "t.parquet")  # said outright: as said
+    assert "messages" in (tmp_path / "t.parquet").read_text()
+    for name in ("t", "t.txt", "t.jsonl.gz"):
+        with pytest.raises(InvalidInput, match=f"cannot tell the export format from the name '{name}'"):
+            engine.datasets.export("t", None, None, tmp_path / name)
+        assert not (tmp_path / name).exists()
+
+
 def test_export_bytes_matches_file(engine, write_jsonl, tmp_path):
     engine.datasets.upload("t", write_jsonl(chat_rows()))
     for fmt in ("jsonl", "openai", "csv"):

@@ -23,11 +23,13 @@ __all__ = ["DatasetService"]
 
 
 class DatasetService(VersionsMixin, RowsMixin, UploadMixin, DeriveMixin, DatasetCore):
-    def export(self, name: str, version: int | str | None, fmt: str, dest: str | Path) -> int:
-        """Write a version to a file (jsonl, openai, csv, parquet); returns the row count."""
+    def export(self, name: str, version: int | str | None, fmt: str | None, dest: str | Path) -> int:
+        """Write a version to a file (jsonl, openai, csv, parquet; None: as the file name's suffix says);
+        returns the row count."""
         from opentracy.datasets.export import check_format, write_export
+        from opentracy.datasets.suffixes import export_format
 
-        return write_export(self.iter_arrow(name, version), check_format(fmt), dest)
+        return write_export(self.iter_arrow(name, version), check_format(export_format(dest, fmt)), dest)
 
     def export_bytes(self, name: str, version: int | str | None, fmt: str) -> Iterator[bytes]:
         from opentracy.datasets.export import check_format, iter_export
