@@ -9,19 +9,25 @@ plus the 1-based line or row number of each row and the cluster ids it mentions.
 
 from __future__ import annotations
 
+import bz2
 import codecs
+import contextlib
 import csv
 import functools
+import gzip
 import hashlib
+import io
 import json
+import lzma
 import os
 import queue
 import sys
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import msgspec
 import numpy as np
@@ -265,8 +271,64 @@ _fast_rows = msgspec.json.Decoder(list[_FastRow])
 _BOM = codecs.BOM_UTF8
 
 
+# Compressed text files (JSONL, CSV) are read through the standard library's decompressors, told by their
+# first bytes (not their names: a gzipped file named rows.jsonl is read too).
+_COMPRESSIONS = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
+_COMPRESSED_SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".xz": "xz"}
+
+
+def compression_of(path: str | os.PathLike[str]) -> str | None:
+    """'gzip', 'bz2' or 'xz' when the file starts as such a file does; None otherwise."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except (IsADirectoryError, PermissionError):
+        return None
+    return next((name for magic, name in _COMPRESSIONS.items() if head.startswith(magic)), None)
+
+
+_DAMAGED = (OSError, EOFError, zlib.error, lzma.LZMAError)  # what reading a damaged compressed file raises
+_OPENERS: dict[str, Any] = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}  # a name or a file object
+
+
+def open_content(path: str | os.PathLike[str]) -> BinaryIO:
+    """A file's content to read, decompressed when it is compressed (nothing hashed: for a first look)."""
+    c = compression_of(path)
+    return _OPENERS[c](path, "rb") if c else open(path, "rb")  # type: ignore[no-any-return]
+
+
+class _Tap(io.RawIOBase):
+    """The raw bytes of a file as a decompressor reads them: hashed and counted on the way."""
+
+    def __init__(self, path: Path, sha256: Any, counted: Callable[[int], None]) -> None:
+        self._f = open(path, "rb")  # noqa: SIM115 - closed with the tap
+        self._sha256 = sha256
+        self._counted = counted
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self._f.readinto(b)
+        if n:
+            self._sha256.update(memoryview(b)[:n])
+            self._counted(n)
+        return n or 0
+
+    def drain(self) -> None:
+        """Hash what the decompressor left unread (bytes after the last compressed stream)."""
+        while chunk := self._f.read(8 << 20):
+            self._sha256.update(chunk)
+            self._counted(len(chunk))
+
+    def release(self) -> None:
+        """Close the file (closing the tap does not: a decompressor closes what it reads on its way out)."""
+        self._f.close()
+
+
 class SourceFile:
-    """A binary file read in newline-aligned chunks, hashing every byte on the way."""
+    """A binary file read in newline-aligned chunks, hashing every byte on the way (a compressed file's
+    content is what it decompresses to; its bytes as they are are what is hashed and what progress counts)."""
 
     def __init__(self, path: str | os.PathLike[str], display_name: str | None = None) -> None:
         self.path = Path(path)
@@ -274,6 +336,37 @@ class SourceFile:
         self.size = os.path.getsize(self.path)
         self.sha256 = hashlib.sha256()
         self.bytes_read = 0
+        self.compression = compression_of(self.path)
+
+    @contextlib.contextmanager
+    def content(self, count: bool = True) -> Iterator[BinaryIO]:
+        """The file's content, decompressed when it is compressed. A plain file's reader hashes and counts
+        what it reads; a compressed file's bytes are hashed and counted here, as the decompressor reads them
+        (read it through, then leave the block: the hash is complete after that)."""
+        if self.compression is None:
+            with open(self.path, "rb") as f:
+                yield f
+            return
+
+        def counted(n: int) -> None:
+            if count:  # else the reader sets bytes_read itself
+                self.bytes_read += n
+
+        tap = _Tap(self.path, self.sha256, counted)
+        try:
+            with _OPENERS[self.compression](io.BufferedReader(tap, 1 << 20), "rb") as f:
+                yield f
+            tap.drain()
+        finally:
+            tap.release()
+
+    def read_error(self, e: BaseException, line: int) -> BaseException:
+        """What to raise for an error met while reading: a compressed file that cannot be read through is
+        bad input (named, with the last line read whole); anything else as it is."""
+        if self.compression and isinstance(e, _DAMAGED):
+            where = f" (read up to line {line - 1})" if line > 1 else ""
+            return InvalidInput(f"not a readable {self.compression} file: {e}{where}", file=self.name)
+        return e
 
     def chunks(self, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
         """Yield (chunk, first line number); each chunk ends at a newline (or the end of the file).
@@ -284,17 +377,25 @@ class SourceFile:
         q: queue.Queue[Any] = queue.Queue(maxsize=2)
         stop = threading.Event()
 
+        plain = self.compression is None
+        lines_read = [0]  # a compressed file's: where an error stops the reader, ahead of the consumer
+
         def read() -> None:
             try:
-                with open(self.path, "rb") as f:
+                with self.content() as f:
                     while not stop.is_set():
                         buf = f.read(chunk_bytes)
-                        self.sha256.update(buf)
-                        q.put(buf)
                         if not buf:
-                            return
+                            break
+                        if plain:
+                            self.sha256.update(buf)
+                        else:
+                            lines_read[0] += buf.count(b"\n")
+                        q.put(buf)
             except BaseException as e:
                 q.put(e)
+            else:
+                q.put(b"")  # after the file's last bytes are hashed (a compressed file's when content() ends)
 
         t = threading.Thread(target=read, name="source-read", daemon=True)
         t.start()
@@ -304,9 +405,10 @@ class SourceFile:
             while True:
                 buf = q.get()
                 if isinstance(buf, BaseException):
-                    raise buf
-                self.bytes_read += len(buf)
-                if not buf:
+                    raise self.read_error(buf, lines_read[0] + 1)
+                if plain:
+                    self.bytes_read += len(buf)
+                if not buf:  # the end, once the whole file is hashed
                     if rest:
                         yield rest, line
                     return
@@ -418,7 +520,8 @@ WITH j AS (
   SELECT line, contains(line, '\\') AS esc,
          json_transform(line, '{{"row_id":"VARCHAR","prompt":"VARCHAR","response":"VARCHAR","metadata":"VARCHAR"}}') AS f
   FROM read_csv('{path}', columns = {{'line': 'VARCHAR'}}, header = false, delim = chr(1), quote = '',
-                escape = '', auto_detect = false, max_line_size = 4194304, buffer_size = 8388608)
+                escape = '', auto_detect = false, max_line_size = 4194304, buffer_size = 8388608,
+                compression = '{compression}')
 ), b AS (
   SELECT line, esc, f.row_id AS row_id, f.prompt AS prompt, f.response AS response, f.metadata AS metadata FROM j
 ), r AS (
@@ -525,21 +628,30 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 32_768) -> Iterator[Bat
     def digest() -> None:
         try:
             lines = 0
-            with open(src.path, "rb") as f:
+            last = b"\n"
+            with src.content(count=False) as f:  # a gzip file's lines: those of its content
                 while buf := f.read(8 << 20):
-                    src.sha256.update(buf)
+                    if src.compression is None:
+                        src.sha256.update(buf)
                     lines += int(np.count_nonzero(np.frombuffer(buf, np.uint8) == 10))  # 2x bytes.count
                     last = buf[-1:]
-            total_lines.append(lines + (1 if src.size and last != b"\n" else 0))
+            total_lines.append(lines + (1 if last != b"\n" else 0))
         except BaseException as e:
             failure.append(e)
         finally:
             hashed.set()
 
-    # Progress until the hasher has counted every line: rows over the count the first 4 MB suggest.
-    with open(src.path, "rb") as f:
-        head = f.read(4 << 20)
-    guess = max(1, round(src.size * max(1, head.count(b"\n")) / max(1, len(head))))
+    # Progress until the hasher has counted every line: rows over the count the first 4 MB suggest (of a
+    # gzip file's content: ~5x its size, as JSONL compresses).
+    try:
+        with open_content(src.path) as f:
+            head = f.read(4 << 20)
+    except _DAMAGED as e:
+        if not src.compression:
+            raise
+        raise NeedsCarefulPath(f"{src.compression}: {e}") from None  # which names the problem
+    size = src.size * (5 if src.compression else 1)
+    guess = max(1, round(size * max(1, head.count(b"\n")) / max(1, len(head))))
     hasher = threading.Thread(target=digest, name="source-hash", daemon=True)
     hasher.start()
     con = decode_connection()
@@ -549,7 +661,8 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 32_768) -> Iterator[Bat
 
         path = str(src.path).replace("'", "''")
         try:
-            reader = con.sql(_DUCK_JSONL_SQL.format(path=path)).to_arrow_reader(batch_size=rows_per_batch)
+            sql = _DUCK_JSONL_SQL.format(path=path, compression=src.compression or "none")
+            reader = con.sql(sql).to_arrow_reader(batch_size=rows_per_batch)
             for rbs in _gathered(reader, rows_per_batch):
                 table = pa.Table.from_batches(rbs)
                 i = table.schema.get_field_index("row_hash")
@@ -564,6 +677,8 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 32_768) -> Iterator[Bat
             raise NeedsCarefulPath(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
         hashed.wait()
         if failure:
+            if src.compression:  # a damaged file: the careful path names the problem
+                raise NeedsCarefulPath(f"{src.compression}: {failure[0]}")
             raise failure[0]
         if done == 0 or done != total_lines[0]:  # an empty file; or lines DuckDB did not count as rows
             raise NeedsCarefulPath(f"{done} rows for {total_lines[0]} lines")
@@ -612,8 +727,8 @@ def _slow_chunk(chunk: bytes, first_line: int, norm: Normaliser, progress: float
 
 def sniff_jsonl(path: str | os.PathLike[str]) -> Literal["jsonl", "openai"]:
     """'openai' when the first record is an OpenAI chat example ({"messages": [...]}) without a prompt."""
-    with open(path, "rb") as f:
-        for raw in f:
+    with open_content(path) as f:
+        for raw in _readable_lines(f):
             raw = raw.removeprefix(_BOM)
             if raw.strip():
                 try:
@@ -632,6 +747,14 @@ def sniff_jsonl(path: str | os.PathLike[str]) -> Literal["jsonl", "openai"]:
 # CSV
 
 
+def _readable_lines(f: BinaryIO) -> Iterator[bytes]:
+    """Lines of a file until one cannot be read (a damaged compressed file: the reader names the problem)."""
+    try:
+        yield from f
+    except _DAMAGED:
+        return
+
+
 def read_csv(
     src: SourceFile, mapping: Mapping, errors: Errors, *, batch_rows: int = 50_000
 ) -> Iterator[Batch]:
@@ -640,11 +763,21 @@ def read_csv(
     # Lines that are not valid UTF-8 (only when skipping: otherwise the first one raises), and why.
     bad_utf8: dict[int, str] = {}
 
+    plain = src.compression is None
+
     def lines() -> Iterator[str]:
-        with open(src.path, "rb") as f:
-            for raw in f:  # split at b"\n", which never falls inside a UTF-8 sequence
-                src.sha256.update(raw)
-                src.bytes_read += len(raw)
+        with src.content() as f:
+            it = iter(f)  # split at b"\n", which never falls inside a UTF-8 sequence
+            while True:
+                try:
+                    raw = next(it)
+                except StopIteration:
+                    break
+                except Exception as e:
+                    raise src.read_error(e, state["line"] + 1) from None
+                if plain:
+                    src.sha256.update(raw)
+                    src.bytes_read += len(raw)
                 state["line"] += 1
                 try:
                     yield raw.decode("utf-8")
@@ -956,7 +1089,10 @@ def detect_format(path: Path, fmt: str | None) -> str:
         return fmt
     if path.is_dir():
         return "hf"
-    suffix = "".join(path.suffixes[-1:]).lower()
+    suffixes = [x.lower() for x in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSED_SUFFIXES:  # rows.jsonl.gz: the format is the name's before
+        suffixes.pop()
+    suffix = suffixes[-1] if suffixes else ""
     if suffix in (".jsonl", ".json", ".ndjson"):
         return sniff_jsonl(path)
     if suffix == ".csv":
@@ -1015,7 +1151,16 @@ def open_source(
         errs = Errors(name, on_error, "line")
         batches = read_jsonl(src, mapping, errs, chat=fmt == "openai", chunk_bytes=chunk_bytes)
         fast = None
-        if fmt == "jsonl" and mapping.is_default and src.size >= FAST_JSONL_MIN_BYTES:
+        if (
+            fmt == "jsonl"
+            and mapping.is_default
+            and src.size >= FAST_JSONL_MIN_BYTES
+            and src.compression
+            in (
+                None,
+                "gzip",  # DuckDB reads gzip itself
+            )
+        ):
             # rows per batch follow the ingest granularity setting (4 MB: 32,768 rows)
             per_batch = max(256, min(32_768, chunk_bytes // 128))
             fast = functools.partial(duck_jsonl, src, rows_per_batch=per_batch)
