@@ -17,6 +17,16 @@ def tickets(engine, write_jsonl):
     return engine.datasets
 
 
+@pytest.fixture
+def other(settings):
+    """A second engine on the same store: another process, in effect."""
+    from opentracy.engine import Engine
+
+    e = Engine(settings)
+    yield e
+    e.close()
+
+
 def test_create_empty_dataset_has_active_v1(engine):
     info = engine.datasets.create("empty", "nothing yet")
     assert info.versions == 1 and info.latest.label == "empty-v1" and info.latest.status == "active"
@@ -366,33 +376,25 @@ def _race_once(monkeypatch, race) -> list[int]:
     return calls
 
 
-def test_a_row_write_overtaken_by_another_process_is_done_again(engine, tickets, settings, monkeypatch):
-    from opentracy.engine import Engine
+def test_a_row_write_overtaken_by_another_process_is_done_again(engine, tickets, monkeypatch, other):
+    calls = _race_once(
+        monkeypatch,
+        lambda: other.datasets.add_rows("tickets", [{"row_id": "theirs", "prompt": "p", "response": "r"}]),
+    )
+    before = set(segment_files(engine))
+    tickets.add_rows("tickets", [{"row_id": "mine", "prompt": "p", "response": "r"}])
+    assert len(calls) == 2  # written, found stale, written again
+    assert tickets.get_row("tickets", "mine") and tickets.get_row("tickets", "theirs")
+    assert tickets.version("tickets").row_count == 302
+    assert len(set(segment_files(engine)) - before) == 2  # theirs and mine: the stale one is gone
 
-    other = Engine(settings)
-    try:
-        calls = _race_once(
-            monkeypatch,
-            lambda: other.datasets.add_rows(
-                "tickets", [{"row_id": "theirs", "prompt": "p", "response": "r"}]
-            ),
-        )
-        before = set(segment_files(engine))
-        tickets.add_rows("tickets", [{"row_id": "mine", "prompt": "p", "response": "r"}])
-        assert len(calls) == 2  # written, found stale, written again
-        assert tickets.get_row("tickets", "mine") and tickets.get_row("tickets", "theirs")
-        assert tickets.version("tickets").row_count == 302
-        assert len(set(segment_files(engine)) - before) == 2  # theirs and mine: the stale one is gone
-
-        # an edit overtaken by the deletion of its row is checked again, and refused: no row comes back
-        calls = _race_once(monkeypatch, lambda: other.datasets.delete_rows("tickets", ["r_0000007"]))
-        with pytest.raises(NotFound, match="r_0000007"):
-            tickets.update_row("tickets", "r_0000007", response="late")
-        with pytest.raises(NotFound):
-            tickets.get_row("tickets", "r_0000007")
-        assert tickets.version("tickets").row_count == 301
-    finally:
-        other.close()
+    # an edit overtaken by the deletion of its row is checked again, and refused: no row comes back
+    calls = _race_once(monkeypatch, lambda: other.datasets.delete_rows("tickets", ["r_0000007"]))
+    with pytest.raises(NotFound, match="r_0000007"):
+        tickets.update_row("tickets", "r_0000007", response="late")
+    with pytest.raises(NotFound):
+        tickets.get_row("tickets", "r_0000007")
+    assert tickets.version("tickets").row_count == 301
 
 
 def _during_upload(monkeypatch, engine, write) -> None:
@@ -409,80 +411,60 @@ def _during_upload(monkeypatch, engine, write) -> None:
 
 
 def test_an_upload_lands_when_other_rows_change_while_it_runs(
-    engine, tickets, settings, monkeypatch, write_jsonl
+    engine, tickets, monkeypatch, write_jsonl, other
 ):
     # It used to fail with "changed while this upload ran; upload again" after doing all its work.
-    from opentracy.engine import Engine
-
-    other = Engine(settings)
-    try:
-        _during_upload(
-            monkeypatch,
-            engine,
-            lambda: (
-                other.datasets.update_row("tickets", "r_0000001", response="edited meanwhile"),
-                other.datasets.delete_rows("tickets", ["r_0000002"]),
-                other.datasets.add_rows("tickets", [{"row_id": "meanwhile", "prompt": "p", "response": "r"}]),
-            ),
-        )
-        rows = [{"row_id": f"up_{i}", "prompt": f"p{i}", "response": "r"} for i in range(50)]
-        res = tickets.upload("tickets", write_jsonl(rows, "more.jsonl"))
-        assert res.rows_added == 50
-        v = tickets.version("tickets")
-        assert v.row_count == 300 - 1 + 1 + 50
-        assert tickets.get_row("tickets", "r_0000001").response == "edited meanwhile"
-        assert tickets.get_row("tickets", "up_49") and tickets.get_row("tickets", "meanwhile")
-        with pytest.raises(NotFound):
-            tickets.get_row("tickets", "r_0000002")
-    finally:
-        other.close()
+    _during_upload(
+        monkeypatch,
+        engine,
+        lambda: (
+            other.datasets.update_row("tickets", "r_0000001", response="edited meanwhile"),
+            other.datasets.delete_rows("tickets", ["r_0000002"]),
+            other.datasets.add_rows("tickets", [{"row_id": "meanwhile", "prompt": "p", "response": "r"}]),
+        ),
+    )
+    rows = [{"row_id": f"up_{i}", "prompt": f"p{i}", "response": "r"} for i in range(50)]
+    res = tickets.upload("tickets", write_jsonl(rows, "more.jsonl"))
+    assert res.rows_added == 50
+    v = tickets.version("tickets")
+    assert v.row_count == 300 - 1 + 1 + 50
+    assert tickets.get_row("tickets", "r_0000001").response == "edited meanwhile"
+    assert tickets.get_row("tickets", "up_49") and tickets.get_row("tickets", "meanwhile")
+    with pytest.raises(NotFound):
+        tickets.get_row("tickets", "r_0000002")
 
 
 def test_an_upload_clashing_with_a_row_added_while_it_runs_changes_nothing(
-    engine, tickets, settings, monkeypatch, write_jsonl
+    engine, tickets, monkeypatch, write_jsonl, other
 ):
-    from opentracy.engine import Engine
-
-    other = Engine(settings)
-    try:
-        _during_upload(
-            monkeypatch,
-            engine,
-            lambda: other.datasets.add_rows(
-                "tickets", [{"row_id": "up_7", "prompt": "theirs", "response": "r"}]
-            ),
-        )
-        before = set(segment_files(engine))
-        rows = [{"row_id": f"up_{i}", "prompt": f"p{i}", "response": "r"} for i in range(50)]
-        with pytest.raises(Conflict, match=r"row ids 'up_7' were added to tickets-v1 while this upload ran"):
-            tickets.upload("tickets", write_jsonl(rows, "more.jsonl"))
-        assert tickets.version("tickets").row_count == 301
-        assert tickets.get_row("tickets", "up_7").prompt == "theirs"
-        assert len(set(segment_files(engine)) - before) == 1  # theirs; the upload's segment is gone
-    finally:
-        other.close()
+    _during_upload(
+        monkeypatch,
+        engine,
+        lambda: other.datasets.add_rows("tickets", [{"row_id": "up_7", "prompt": "theirs", "response": "r"}]),
+    )
+    before = set(segment_files(engine))
+    rows = [{"row_id": f"up_{i}", "prompt": f"p{i}", "response": "r"} for i in range(50)]
+    with pytest.raises(Conflict, match=r"row ids 'up_7' were added to tickets-v1 while this upload ran"):
+        tickets.upload("tickets", write_jsonl(rows, "more.jsonl"))
+    assert tickets.version("tickets").row_count == 301
+    assert tickets.get_row("tickets", "up_7").prompt == "theirs"
+    assert len(set(segment_files(engine)) - before) == 1  # theirs; the upload's segment is gone
 
 
 def test_an_upload_into_a_version_frozen_while_it_runs_starts_the_next_one(
-    engine, tickets, settings, monkeypatch, write_jsonl
+    engine, tickets, monkeypatch, write_jsonl, other
 ):
-    from opentracy.engine import Engine
-
-    other = Engine(settings)
-    try:
-        _during_upload(monkeypatch, engine, lambda: other.datasets.freeze("tickets"))
-        rows = [{"row_id": f"up_{i}", "prompt": f"p{i}", "response": "r"} for i in range(10)]
-        res = tickets.upload("tickets", write_jsonl(rows, "more.jsonl"))
-        assert (res.version.label, res.version.status, res.version.parent) == (
-            "tickets-v2",
-            "active",
-            "tickets-v1",
-        )
-        v1 = tickets.version("tickets", 1)
-        assert v1.status == "frozen" and v1.row_count == 300
-        assert tickets.version("tickets", 2).row_count == 310
-    finally:
-        other.close()
+    _during_upload(monkeypatch, engine, lambda: other.datasets.freeze("tickets"))
+    rows = [{"row_id": f"up_{i}", "prompt": f"p{i}", "response": "r"} for i in range(10)]
+    res = tickets.upload("tickets", write_jsonl(rows, "more.jsonl"))
+    assert (res.version.label, res.version.status, res.version.parent) == (
+        "tickets-v2",
+        "active",
+        "tickets-v1",
+    )
+    v1 = tickets.version("tickets", 1)
+    assert v1.status == "frozen" and v1.row_count == 300
+    assert tickets.version("tickets", 2).row_count == 310
 
 
 def _once(write):
@@ -497,34 +479,26 @@ def _once(write):
     return run
 
 
-def test_parallel_uploads_into_a_new_dataset_all_land(engine, settings, monkeypatch, write_jsonl):
+def test_parallel_uploads_into_a_new_dataset_all_land(engine, monkeypatch, write_jsonl, other):
     # Shards uploaded at once into a name that does not exist yet: the upload that commits second used to
     # fail with "a dataset named 'shards' was created while this upload ran; upload again".
-    from opentracy.engine import Engine
-
-    other = Engine(settings)
-    try:
-        theirs = write_jsonl([{"prompt": f"theirs {i}", "response": "r"} for i in range(40)], "a.jsonl")
-        _during_upload(monkeypatch, engine, _once(lambda: other.datasets.upload("shards", theirs)))
-        mine = write_jsonl([{"prompt": f"mine {i}", "response": "r"} for i in range(60)], "b.jsonl")
-        res = engine.datasets.upload("shards", mine)
-        assert res.rows_added == 60 and res.version.label == "shards-v1" and res.version.row_count == 100
-        rows = list(engine.datasets.iter_rows("shards"))
-        # theirs first (committed first), then mine, each in file order; every generated id distinct
-        assert [r.prompt for r in rows] == [f"theirs {i}" for i in range(40)] + [
-            f"mine {i}" for i in range(60)
-        ]
-        assert len({r.row_id for r in rows}) == 100
-        v = engine.datasets.version("shards")
-        assert [p["file"] for p in v.provenance] == ["a.jsonl", "b.jsonl"]
-        assert len(segment_files(engine)) == 2  # theirs and our renumbered one: the first of ours is gone
-        frozen = engine.datasets.freeze("shards")
-        assert frozen.row_count == 100
-        assert [r.prompt for r in engine.datasets.iter_rows("shards")][38:42] == [
-            "theirs 38", "theirs 39", "mine 0", "mine 1",
-        ]  # fmt: skip
-    finally:
-        other.close()
+    theirs = write_jsonl([{"prompt": f"theirs {i}", "response": "r"} for i in range(40)], "a.jsonl")
+    _during_upload(monkeypatch, engine, _once(lambda: other.datasets.upload("shards", theirs)))
+    mine = write_jsonl([{"prompt": f"mine {i}", "response": "r"} for i in range(60)], "b.jsonl")
+    res = engine.datasets.upload("shards", mine)
+    assert res.rows_added == 60 and res.version.label == "shards-v1" and res.version.row_count == 100
+    rows = list(engine.datasets.iter_rows("shards"))
+    # theirs first (committed first), then mine, each in file order; every generated id distinct
+    assert [r.prompt for r in rows] == [f"theirs {i}" for i in range(40)] + [f"mine {i}" for i in range(60)]
+    assert len({r.row_id for r in rows}) == 100
+    v = engine.datasets.version("shards")
+    assert [p["file"] for p in v.provenance] == ["a.jsonl", "b.jsonl"]
+    assert len(segment_files(engine)) == 2  # theirs and our renumbered one: the first of ours is gone
+    frozen = engine.datasets.freeze("shards")
+    assert frozen.row_count == 100
+    assert [r.prompt for r in engine.datasets.iter_rows("shards")][38:42] == [
+        "theirs 38", "theirs 39", "mine 0", "mine 1",
+    ]  # fmt: skip
 
 
 def test_shards_uploaded_from_threads_into_a_new_dataset_all_land(engine, write_jsonl):
@@ -547,77 +521,50 @@ def test_shards_uploaded_from_threads_into_a_new_dataset_all_land(engine, write_
 
 
 def test_parallel_uploads_into_a_new_dataset_with_one_row_id_refuse_the_second(
-    engine, settings, monkeypatch, write_jsonl
+    engine, monkeypatch, write_jsonl, other
 ):
-    from opentracy.engine import Engine
-
-    other = Engine(settings)
-    try:
-        theirs = write_jsonl(
-            [{"row_id": f"t{i}", "prompt": "theirs", "response": "r"} for i in range(5)], "a.jsonl"
-        )
-        _during_upload(monkeypatch, engine, _once(lambda: other.datasets.upload("shards", theirs)))
-        mine = write_jsonl([{"row_id": f"m{i}", "prompt": "mine", "response": "r"} for i in range(5)]
-                           + [{"row_id": "t3", "prompt": "mine", "response": "r"}], "b.jsonl")  # fmt: skip
-        with pytest.raises(Conflict, match=r"row ids 't3' were added to shards-v1 while this upload ran"):
-            engine.datasets.upload("shards", mine)
-        assert engine.datasets.version("shards").row_count == 5
-        assert engine.datasets.get_row("shards", "t3").prompt == "theirs"
-        assert len(segment_files(engine)) == 1  # theirs; ours is gone
-    finally:
-        other.close()
+    theirs = write_jsonl(
+        [{"row_id": f"t{i}", "prompt": "theirs", "response": "r"} for i in range(5)], "a.jsonl"
+    )
+    _during_upload(monkeypatch, engine, _once(lambda: other.datasets.upload("shards", theirs)))
+    mine = write_jsonl([{"row_id": f"m{i}", "prompt": "mine", "response": "r"} for i in range(5)]
+                       + [{"row_id": "t3", "prompt": "mine", "response": "r"}], "b.jsonl")  # fmt: skip
+    with pytest.raises(Conflict, match=r"row ids 't3' were added to shards-v1 while this upload ran"):
+        engine.datasets.upload("shards", mine)
+    assert engine.datasets.version("shards").row_count == 5
+    assert engine.datasets.get_row("shards", "t3").prompt == "theirs"
+    assert len(segment_files(engine)) == 1  # theirs; ours is gone
 
 
-def test_an_upload_lands_in_a_version_started_while_it_runs(
-    engine, tickets, settings, monkeypatch, write_jsonl
+@pytest.mark.parametrize("their_row", ["v2 row", "up_3"])
+def test_an_upload_into_a_version_started_while_it_runs(
+    engine, tickets, monkeypatch, write_jsonl, their_row, other
 ):
-    # It used to fail with "dataset 'tickets' changed while this upload ran; upload again".
-    from opentracy.engine import Engine
-
-    other = Engine(settings)
-    try:
-        _during_upload(
-            monkeypatch,
-            engine,
-            lambda: (
-                other.datasets.freeze("tickets"),
-                other.datasets.new_version("tickets"),
-                other.datasets.add_rows("tickets", [{"row_id": "v2 row", "prompt": "p", "response": "r"}]),
-            ),
-        )
-        rows = [{"row_id": f"up_{i}", "prompt": f"p{i}", "response": "r"} for i in range(10)]
-        res = tickets.upload("tickets", write_jsonl(rows, "more.jsonl"))
-        assert (res.version.label, res.version.row_count) == ("tickets-v2", 311)
-        assert tickets.version("tickets", 1).row_count == 300
-        assert [v.label for v in tickets.versions("tickets")] == ["tickets-v1", "tickets-v2"]
-        assert tickets.get_row("tickets", "up_9") and tickets.get_row("tickets", "v2 row")
-    finally:
-        other.close()
-
-
-def test_an_upload_clashing_with_a_row_of_a_version_started_while_it_runs_changes_nothing(
-    engine, tickets, settings, monkeypatch, write_jsonl
-):
-    from opentracy.engine import Engine
-
-    other = Engine(settings)
-    try:
-        _during_upload(
-            monkeypatch,
-            engine,
-            lambda: (
-                other.datasets.freeze("tickets"),
-                other.datasets.new_version("tickets"),
-                other.datasets.add_rows("tickets", [{"row_id": "up_3", "prompt": "theirs", "response": "r"}]),
-            ),
-        )
-        rows = [{"row_id": f"up_{i}", "prompt": f"p{i}", "response": "r"} for i in range(10)]
+    # It used to fail with "dataset 'tickets' changed while this upload ran; upload again". Now it lands in
+    # the new version, unless that version gained a row with one of its ids meanwhile.
+    _during_upload(
+        monkeypatch,
+        engine,
+        lambda: (
+            other.datasets.freeze("tickets"),
+            other.datasets.new_version("tickets"),
+            other.datasets.add_rows("tickets", [{"row_id": their_row, "prompt": "theirs", "response": "r"}]),
+        ),
+    )
+    more = write_jsonl(
+        [{"row_id": f"up_{i}", "prompt": f"p{i}", "response": "r"} for i in range(10)], "m.jsonl"
+    )
+    if their_row == "up_3":
         with pytest.raises(Conflict, match=r"row ids 'up_3' were added to tickets-v2 while this upload ran"):
-            tickets.upload("tickets", write_jsonl(rows, "more.jsonl"))
+            tickets.upload("tickets", more)
         assert tickets.version("tickets").row_count == 301
-        assert tickets.get_row("tickets", "up_3").prompt == "theirs"
-    finally:
-        other.close()
+    else:
+        res = tickets.upload("tickets", more)
+        assert (res.version.label, res.version.row_count) == ("tickets-v2", 311)
+        assert tickets.get_row("tickets", "up_9")
+    assert tickets.get_row("tickets", their_row).prompt == "theirs"
+    assert tickets.version("tickets", 1).row_count == 300
+    assert [v.label for v in tickets.versions("tickets")] == ["tickets-v1", "tickets-v2"]
 
 
 def test_a_filtered_total_is_kept_for_later_pages_and_follows_every_write(tickets):
