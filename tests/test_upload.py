@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import segment_files, spec_rows
 
+from opentracy.errors import InvalidInput, NotFound
+
 # 28 rows of Banking77 train.csv (every 400th row, plus two whose text spans several lines).
 # Banking77: Casanueva et al., "Efficient Intent Detection with Dual Sentence Encoders", 2020. CC BY 4.0.
 BANKING77 = [
@@ -482,6 +484,38 @@ def test_jsonl_field_mapping(engine, write_jsonl):
     engine.datasets.upload("mapped-all", path, prompt_field="question", response_field="answer")
     got = all_rows(engine, "mapped-all")
     assert [r["metadata"] for r in got] == [{"tags": ["t"], "lang": "en", "internal": i} for i in range(5)]
+
+
+def test_a_metadata_field_no_record_has_is_an_error(engine, tmp_path, write_jsonl):
+    # A typo in metadata_fields used to drop the field without a word: every row came without it.
+    rows = [{"q": f"q{i}", "a": "x", **({"lang": "en"} if i == 3 else {})} for i in range(5)]
+    path = write_jsonl(rows)
+    kw = {"prompt_field": "q", "response_field": "a"}
+    with pytest.raises(
+        InvalidInput, match=r"^rows\.jsonl: no record has the field 'langg' named in metadata_fields"
+    ):
+        engine.datasets.upload("x", path, metadata_fields=["lang", "langg"], **kw)
+    with pytest.raises(InvalidInput, match="no record has the field 'langg'"):
+        engine.datasets.upload("x", path, metadata_fields=["langg"], on_error="skip", **kw)
+    res = engine.datasets.upload(
+        "x", path, metadata_fields=["lang"], **kw
+    )  # in one record of five: kept there
+    assert [r["metadata"] for r in all_rows(engine, "x")] == [{}, {}, {}, {"lang": "en"}, {}]
+    assert res.rows_added == 5
+    # columnar sources say so before reading a row, naming the columns there are
+    (tmp_path / "t.csv").write_text("q,a,src\nhi,yo,web\n")
+    with pytest.raises(
+        InvalidInput, match=r"^t\.csv, line 1: no column 'srcc' for metadata_fields \(columns: q, a, src\)"
+    ):
+        engine.datasets.upload("y", tmp_path / "t.csv", metadata_fields=["srcc"], **kw)
+    pq.write_table(pa.table({"q": ["hi"], "a": ["yo"], "src": ["web"]}), tmp_path / "t.parquet")
+    with pytest.raises(
+        InvalidInput, match=r"^t\.parquet: no column 'srcc' for metadata_fields \(columns: q, a, src\)"
+    ):
+        engine.datasets.upload("y", tmp_path / "t.parquet", metadata_fields=["srcc"], **kw)
+    with pytest.raises(NotFound):
+        engine.datasets.get("y")
+    assert engine.datasets.upload("y", tmp_path / "t.parquet", metadata_fields=["src"], **kw).rows_added == 1
 
 
 def test_unknown_top_level_keys_land_in_metadata(engine, write_jsonl):

@@ -161,6 +161,17 @@ class Normaliser:
         self.m = mapping
         self.errors = errors
         self.chat = chat
+        self.seen: set[str] = set()  # of the metadata_fields asked for, those some record had
+
+    def check_fields_seen(self, name: str) -> None:
+        """A field named in metadata_fields that no record had is a mistake in the mapping (a typo, or the
+        wrong file), not a field to drop without a word."""
+        missing = [f for f in self.m.metadata_fields or [] if f not in self.seen]
+        if missing and not self.chat:
+            raise InvalidInput(
+                f"no record has the field {missing[0]!r} named in metadata_fields; nothing was uploaded",
+                file=name,
+            )
 
     def add(self, rec: Any, where: int, out: _Builder) -> None:
         err = self.errors
@@ -197,10 +208,15 @@ class Normaliser:
         else:
             meta = dict(meta)
         skip = {pf, rf, m.row_id_field, "metadata"}
-        extra = m.metadata_fields if m.metadata_fields is not None else [k for k in rec if k not in skip]
-        for k in extra:
-            if k in rec and k not in skip:
-                meta[k] = rec[k]
+        if m.metadata_fields is None:
+            for k in rec:
+                if k not in skip:
+                    meta[k] = rec[k]
+        else:
+            for k in m.metadata_fields:
+                if k in rec and k not in skip:
+                    meta[k] = rec[k]
+                    self.seen.add(k)
         problem = check_metadata(meta)
         if problem:
             return err(where, problem)
@@ -448,6 +464,7 @@ def read_jsonl(
                 yield batch
                 continue
         yield _slow_chunk(chunk, first_line, norm, src.progress)
+    norm.check_fields_seen(src.name)
 
 
 def _fast_chunk(chunk: bytes, first_line: int, progress: float) -> Batch | None:
@@ -673,7 +690,7 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 32_768) -> Iterator[Bat
                 expect = total_lines[0] if total_lines else max(guess, done + 1)
                 src.bytes_read = min(src.size, int(src.size * done / expect))
                 yield Batch(table, lines, src.progress)
-        except (duckdb.Error, pa.ArrowException) as e:
+        except (duckdb.Error, pa.ArrowException, OSError) as e:  # OSError: DuckDB's IO errors through Arrow
             raise NeedsCarefulPath(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
         hashed.wait()
         if failure:
@@ -809,6 +826,7 @@ def read_csv(
             )
     if len(set(header)) != len(header):
         raise InvalidInput("repeated column names in the header", file=src.name, line=1)
+    _check_metadata_fields(header, mapping, src.name, line=1)
     b = _Builder()
     start = state["line"] + 1
     while True:
@@ -859,12 +877,21 @@ def read_csv(
 # Columnar sources: Parquet, Arrow, Hugging Face folders
 
 
+def _check_metadata_fields(names: list[str], mapping: Mapping, name: str, line: int | None = None) -> None:
+    missing = [f for f in mapping.metadata_fields or [] if f not in names]
+    if missing:
+        raise InvalidInput(
+            f"no column {missing[0]!r} for metadata_fields (columns: {', '.join(names)})", file=name, line=line
+        )
+
+
 def _check_columns(schema: pa.Schema, mapping: Mapping, name: str, chat: bool) -> None:
     names = schema.names
     if chat:
         if "messages" not in names:
             raise InvalidInput(f"no column 'messages' (columns: {', '.join(names)})", file=name)
         return
+    _check_metadata_fields(names, mapping, name)
     for col, what in ((mapping.prompt, "prompt"), (mapping.response, "response")):
         if col not in names:
             raise InvalidInput(
