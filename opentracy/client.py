@@ -30,6 +30,7 @@ import httpx
 
 from opentracy import errors
 from opentracy.datasets.suffixes import export_format
+from opentracy.names import check_dataset_name
 
 DEFAULT_URL = "http://localhost:8000"
 _ERRORS: dict[str, type[errors.OpentracyError]] = {
@@ -446,6 +447,10 @@ class Distiller:
         The file's content is streamed to the server; the server never reads a path you name. Returns the
         `Dataset` once the rows are committed, or the `Job` at once with `wait=False`.
         """
+        # What the server would refuse only once the whole file had arrived, refused before sending it.
+        check_dataset_name(name)
+        if on_error not in ("raise", "skip"):
+            raise errors.InvalidInput(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         p = Path(path)
         tmp: Path | None = None
         hub_id = not p.exists() and format in (None, "hf") and _looks_like_hub_id(path)

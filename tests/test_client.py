@@ -470,3 +470,14 @@ def test_server_times_are_read_as_utc_even_without_an_offset() -> None:
     assert _when("2026-12-01T22:56:55.456939") == datetime(2026, 12, 1, 22, 56, 55, 456939, tzinfo=UTC)
     assert _when("2026-12-01T23:56:55+01:00") == datetime(2026, 12, 1, 22, 56, 55, tzinfo=UTC)
     assert _when(None) is None and _when("") is None
+
+
+def test_upload_refuses_a_bad_name_or_option_before_sending_the_file(write_jsonl):
+    # The server refused these only once the whole file had arrived (a 1 GB file sent for nothing). Nothing
+    # listens on this port: a request would fail with a connection error, not with the answer below.
+    path = write_jsonl(spec_rows(3))
+    with Distiller(base_url=f"http://127.0.0.1:{free_port()}", progress=False) as d:
+        with pytest.raises(errors.InvalidInput, match=r"^bad dataset name 'my data': use letters"):
+            d.upload_dataset("my data", path)
+        with pytest.raises(errors.InvalidInput, match="on_error must be 'raise' or 'skip', not 'ignore'"):
+            d.upload_dataset("ok", path, on_error="ignore")

@@ -7,7 +7,6 @@ import contextlib
 import functools
 import json
 import random
-import re
 import secrets
 import threading
 import time
@@ -24,6 +23,7 @@ from opentracy.datasets.models import (
     VersionInfo,
 )
 from opentracy.errors import Conflict, InvalidInput, NotFound, StaleWrite
+from opentracy.names import check_dataset_name
 from opentracy.store.artifacts import ArtifactStore
 from opentracy.store.catalog import Catalog
 from opentracy.store.segments import (
@@ -36,7 +36,6 @@ from opentracy.store.segments import (
 )
 from opentracy.store.tables import DatasetRecord, VersionRecord, utcnow
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 MIN_DISTILL_ROWS = 200
 MAX_SEGMENTS_BEFORE_COMPACTION = 64
 ProgressFn = Callable[[float, str], None]
@@ -315,10 +314,7 @@ class DatasetCore:
 
     @staticmethod
     def check_name(name: str) -> None:
-        if not NAME_RE.match(name or ""):
-            raise InvalidInput(
-                f"bad dataset name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
-            )
+        check_dataset_name(name)
 
     def _new_version_record(
         self,

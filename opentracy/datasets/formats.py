@@ -881,7 +881,9 @@ def _check_metadata_fields(names: list[str], mapping: Mapping, name: str, line: 
     missing = [f for f in mapping.metadata_fields or [] if f not in names]
     if missing:
         raise InvalidInput(
-            f"no column {missing[0]!r} for metadata_fields (columns: {', '.join(names)})", file=name, line=line
+            f"no column {missing[0]!r} for metadata_fields (columns: {', '.join(names)})",
+            file=name,
+            line=line,
         )
 
 

@@ -20,11 +20,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from opentracy.errors import Conflict, InvalidInput, NotFound
+from opentracy.names import NAME_RE
 from opentracy.store.catalog import Catalog
 from opentracy.store.tables import AliasHistoryRecord, AliasRecord, utcnow
 
 # Same rule as dataset names; no "/", so an alias can never be mistaken for a model string.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 # provider/model: the provider is a plain name, the model anything without spaces (it may hold more
 # slashes and colons: `together/meta-llama/Llama-3.3-70B`, `ollama/llama3:8b`).
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}/[^\s/][^\s]{0,299}$")

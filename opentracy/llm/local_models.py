@@ -37,11 +37,11 @@ from sqlalchemy.exc import IntegrityError
 
 from opentracy.errors import Conflict, InvalidInput, NotFound
 from opentracy.llm.types import Endpoint
+from opentracy.names import NAME_RE
 from opentracy.store.catalog import Catalog
 from opentracy.store.tables import LocalModelRecord, utcnow
 
 ENV_VAR = "OPENTRACY_LOCAL_MODELS"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Generation defaults a model may carry, with the check each value must pass.
 GENERATION_KEYS: dict[str, str] = {
