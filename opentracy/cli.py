@@ -28,6 +28,14 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False, width=160 if wide else None)
 
 
+def _print_table(t: Any, empty: str, console: Any = None) -> None:
+    """A table; or, when it has no rows, one line on stderr that says so (an empty frame says nothing)."""
+    if not t.row_count:
+        click.echo(empty, err=True)
+        return
+    (console or _console()).print(t)
+
+
 def _id_col(header: str) -> Any:
     """A table column for names and ids: never wrapped or cut, so it can be copied into the next command."""
     from rich.table import Column
@@ -240,7 +248,15 @@ def ds_list(ctx: click.Context, query: str | None, as_json: bool) -> None:
             (d.content_hash or "")[:19],
             ", ".join(w.code for w in d.warnings),
         )
-    _console().print(t)
+    _print_table(
+        t,
+        "no datasets"
+        + (
+            f" whose name contains {query!r}"
+            if query
+            else "; upload one: opentracy datasets upload NAME PATH"
+        ),
+    )
 
 
 def _ds_json(d: Any) -> dict[str, Any]:
@@ -359,7 +375,7 @@ def ds_rows(
                 else " | ".join(f"{m.get('role')}: {m.get('content')}" for m in r.prompt)
             )
             t.add_row(r.row_id, _clip(p, 60), _clip(r.response, 30), _clip(json.dumps(r.metadata), 40))
-        _console().print(t)
+        _print_table(t, "no rows" + (" match" if (query or tags or where) else " in this version"))
     if cursor:
         click.echo(f"more rows: --cursor {cursor}", err=True)
 
@@ -520,7 +536,11 @@ def jobs_list(ctx: click.Context, status: str | None, kind: str | None, limit: i
         t.add_column("message", no_wrap=True, overflow="ellipsis")
     for j, c in zip(got, cells, strict=True):
         t.add_row(*c, *([_clip(j.message, room)] if room >= 12 else []))
-    console.print(t)
+    _print_table(
+        t,
+        "no jobs" + (" match" if (status or kind) else "") + (f" past the newest {offset}" if offset else ""),
+        console,
+    )
     if len(got) == limit:
         click.echo(f"more jobs: --offset {offset + limit}", err=True)
 
@@ -599,7 +619,7 @@ def aliases_list(ctx: click.Context, as_json: bool) -> None:
     t = Table(_id_col("alias"), _id_col("target"), "updated")
     for a in items:
         t.add_row(a.name, a.target, a.updated_at[:19])
-    _console().print(t)
+    _print_table(t, "no aliases; create one: opentracy aliases set NAME TARGET")
 
 
 def _alias_json(a: Any) -> dict[str, Any]:
@@ -733,7 +753,7 @@ def traces_list(ctx: click.Context, sort: str, limit: int, as_json: bool, **kw: 
             cost,
             ms,
         )
-    _console().print(t)
+    _print_table(t, "no traces" + (" match" if any(v for v in kw.values()) else " yet"))
 
 
 @traces.command("show")
@@ -838,7 +858,7 @@ def lm_list(ctx: click.Context, as_json: bool) -> None:
     t = Table(_id_col("model"), "base model", "adapter", "$ in/out per 1M", "source")
     for m in items:
         t.add_row(m.model, m.base_model, m.adapter or "", f"{m.input_price:g} / {m.output_price:g}", m.source)
-    _console().print(t)
+    _print_table(t, "no local models")
 
 
 @local_models.command("show")
@@ -1043,7 +1063,7 @@ def curation_runs(ctx: click.Context, name: str) -> None:
             f"{rep['dropped_total']:,}", "skipped" if j.get("skipped") else str(j.get("model")),
             f"{j.get('cost_usd', 0):.4f}", r["created_at"][:19],
         )  # fmt: skip
-    _console().print(t)
+    _print_table(t, f"no curation runs of {name}")
 
 
 @curation.command("report")
@@ -1084,7 +1104,7 @@ def curation_dropped(
     for r in rows:
         p = r["prompt"] if isinstance(r["prompt"], str) else json.dumps(r["prompt"])
         t.add_row(r["row_id"], r["rule"], _clip(r["reason"], 50), _clip(p, 40), _clip(r["response"], 25))
-    _console().print(t)
+    _print_table(t, "no dropped rows" + (f" for rule {rule!r}" if rule else ""))
 
 
 @main.group()
@@ -1120,7 +1140,7 @@ def review_list(ctx: click.Context, name: str, status: str, limit: int, as_json:
         t.add_row(
             it["row_id"], it["status"], score, _clip(p, 50), _clip(o["response"], 30), it["reviewer"] or ""
         )
-    _console().print(t)
+    _print_table(t, "no rows" + (f" {status}" if status != "all" else "") + " in the review queue")
     pr = c.review_progress(name)
     click.echo(
         f"{pr['decided']:,} of {pr['total']:,} decided ({pr['fraction_done']:.0%}); {pr['pending']:,} pending",
@@ -1426,7 +1446,7 @@ def generation_runs(ctx: click.Context, name: str) -> None:
             rep["teacher"]["model"], (rep.get("judge") or {}).get("model") or "-",
             f"{rep['cost_usd_priced']:.4f}", rep.get("stopped_by") or "", r["created_at"][:19],
         )  # fmt: skip
-    _console().print(t)
+    _print_table(t, f"no generation runs of {name}")
 
 
 @generation.command("report")
@@ -1472,7 +1492,7 @@ def generation_samples(ctx: click.Context, name: str, run_id: str, outcome: str 
         score = "" if r["score"] is None else f"{r['score']:.2f}"
         t.add_row(str(r["seed_line"]), str(r["sample"]), r["outcome"], _clip(r["reason"] or "", 50), score,
                   _clip(r["response"] or "", 40))  # fmt: skip
-    _console().print(t)
+    _print_table(t, "no samples" + (" match" if (outcome or rule) else ""))
 
 
 # --- clusters and the demo (issue 6) -----------------------------------------------------------------

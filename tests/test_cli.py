@@ -394,3 +394,18 @@ def test_serve_on_loopback_or_with_a_key(fake_uvicorn):
     r = CliRunner().invoke(main, ["serve", "--host", "0.0.0.0"], env={"OPENTRACY_API_KEY": "s3cret"})
     assert r.exit_code == 0, r.output
     assert fake_uvicorn[-1]["host"] == "0.0.0.0"
+
+
+def test_an_empty_list_says_so_on_stderr(server, tickets):
+    # It printed an empty table frame, which says nothing.
+    for args, said in [
+        (("datasets", "list", "-q", "nothing-like-this"), "no datasets whose name contains 'nothing-like-this'"),
+        (("datasets", "rows", "tickets", "-q", "no such words"), "no rows match"),
+        (("jobs", "list", "--kind", "no.such.kind"), "no jobs match"),
+        (("aliases", "list"), "no aliases; create one: opentracy aliases set NAME TARGET"),
+        (("traces", "list"), "no traces yet"),
+    ]:
+        r = ok(server.url, *args)
+        assert r.stdout == "" and r.stderr.strip() == said, (args, r.stdout, r.stderr)
+    r = ok(server.url, "datasets", "list")
+    assert "tickets" in r.stdout and r.stderr == ""
