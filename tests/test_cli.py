@@ -399,7 +399,10 @@ def test_serve_on_loopback_or_with_a_key(fake_uvicorn):
 def test_an_empty_list_says_so_on_stderr(server, tickets):
     # It printed an empty table frame, which says nothing.
     for args, said in [
-        (("datasets", "list", "-q", "nothing-like-this"), "no datasets whose name contains 'nothing-like-this'"),
+        (
+            ("datasets", "list", "-q", "nothing-like-this"),
+            "no datasets whose name contains 'nothing-like-this'",
+        ),
         (("datasets", "rows", "tickets", "-q", "no such words"), "no rows match"),
         (("jobs", "list", "--kind", "no.such.kind"), "no jobs match"),
         (("aliases", "list"), "no aliases; create one: opentracy aliases set NAME TARGET"),
