@@ -682,6 +682,30 @@ def test_upload_never_opens_a_named_path(http, engine, tmp_path):
     assert [p for p in engine.settings.staging_dir.rglob("*") if p.is_file()] == []
 
 
+def test_a_bad_option_sent_before_the_file_is_refused_before_the_file_arrives(server, engine):
+    # The options were checked only once the whole file had been received and staged. Here the client sends
+    # the options and the file's first bytes, then waits: the answer must come without the rest.
+    import socket
+
+    boundary = "b0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="on_error"\r\n\r\nignore\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="rows.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + jsonl_bytes(spec_rows(50))
+    request = (
+        "POST /v1/datasets/x/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(head) + (100 << 20)}\r\n\r\n"  # 100 MB more that never come
+    ).encode() + head
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = sock.recv(65536).decode("utf-8", "replace")
+    assert answer.startswith("HTTP/1.1 422"), answer
+    assert "on_error must be 'raise' or 'skip', not 'ignore'" in answer
+    assert [p for p in engine.settings.staging_dir.rglob("*") if p.is_file()] == []
+
+
 def test_a_refused_upload_leaves_nothing_staged(http, engine):
     content = jsonl_bytes(spec_rows(3))
     for bad in ("[not json", "[1, 2]"):

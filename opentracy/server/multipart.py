@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,16 @@ def safe_filename(name: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", base)[:200]
 
 
-async def receive(request: Request, dest_dir: Path, *, file_field: str = "file") -> Received:
+async def receive(
+    request: Request,
+    dest_dir: Path,
+    *,
+    file_field: str = "file",
+    check_field: Callable[[str, str], object] | None = None,
+) -> Received:
+    """Stage the part `file_field` in `dest_dir` and collect the other fields. `check_field(name, value)`
+    sees each field as it ends and may raise, so that a bad option sent before the file stops the upload
+    before the file is received."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise InvalidInput("send the file as multipart/form-data with a part named 'file'")
@@ -86,7 +96,9 @@ async def receive(request: Request, dest_dir: Path, *, file_field: str = "file")
             state["fh"].close()
             state["fh"] = None
         elif state["name"]:
-            out.fields[state["name"]] = bytes(state["buf"]).decode("utf-8", "replace")
+            value = out.fields[state["name"]] = bytes(state["buf"]).decode("utf-8", "replace")
+            if check_field is not None:
+                check_field(state["name"], value)
 
     parser = MultipartParser(
         params[b"boundary"],

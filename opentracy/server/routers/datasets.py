@@ -89,15 +89,13 @@ async def upload(name: str, request: Request, engine: Engine = Depends(get_engin
         raise
 
 
-async def _stage_upload(name: str, request: Request, engine: Engine, slot_dir: Path) -> JobInfo:
-    got = await multipart.receive(request, slot_dir)
-    f = got.fields
-    options: dict[str, Any] = {}
-    for key in ("format", "prompt_field", "response_field", "split", "on_error", "description"):
-        if f.get(key):
-            options[key] = f[key]
-    if f.get("metadata_fields"):
-        raw = f["metadata_fields"].strip()
+def _upload_option(key: str, value: str) -> Any:
+    """A form field of an upload as an option (None: not one, or empty), refused when bad. Checked as each
+    field arrives, so a bad option sent before the file stops the upload before the file is staged."""
+    if key not in _UPLOAD_OPTIONS or not value:
+        return None
+    if key == "metadata_fields":
+        raw = value.strip()
         try:
             fields = (
                 json.loads(raw) if raw.startswith("[") else [x.strip() for x in raw.split(",") if x.strip()]
@@ -106,14 +104,25 @@ async def _stage_upload(name: str, request: Request, engine: Engine, slot_dir: P
             fields = None
         if not isinstance(fields, list) or not all(isinstance(x, str) for x in fields):
             raise InvalidInput("metadata_fields must be a JSON list or a comma-separated list of names")
-        options["metadata_fields"] = fields
-    if options.get("on_error", "raise") not in ("raise", "skip"):
-        raise InvalidInput(f"on_error must be 'raise' or 'skip', not {options['on_error']!r}")
-    if "format" in options:
+        return fields
+    if key == "on_error" and value not in ("raise", "skip"):
+        raise InvalidInput(f"on_error must be 'raise' or 'skip', not {value!r}")
+    if key == "format":
         from opentracy.datasets.formats import FORMATS
 
-        if options["format"].lower() not in (*FORMATS, "json", "ndjson", "chat", "huggingface", "arrow"):
-            raise InvalidInput(f"unknown format {options['format']!r}; expected one of {', '.join(FORMATS)}")
+        if value.lower() not in (*FORMATS, "json", "ndjson", "chat", "huggingface", "arrow"):
+            raise InvalidInput(f"unknown format {value!r}; expected one of {', '.join(FORMATS)}")
+    return value
+
+
+_UPLOAD_OPTIONS = (
+    "format", "prompt_field", "response_field", "metadata_fields", "split", "on_error", "description",
+)  # fmt: skip
+
+
+async def _stage_upload(name: str, request: Request, engine: Engine, slot_dir: Path) -> JobInfo:
+    got = await multipart.receive(request, slot_dir, check_field=_upload_option)
+    options = {k: v for k in _UPLOAD_OPTIONS if (v := _upload_option(k, got.fields.get(k, ""))) is not None}
     params = {
         "dataset": name,
         "staged": f"{slot_dir.name}/{got.path.name}",  # type: ignore[union-attr]
