@@ -351,11 +351,12 @@ def ds_rows(
         return
     rows: list[Any] = []
     shown = 0
+    total = 0
+    later = cursor is not None  # a later page: its rows are some "more" of the total
     while every or shown < limit:
         want = 1000 if every else min(1000, limit - shown)
-        page, cursor = c.rows_page(
-            name, version, q=query, tags=list(tags), where=where, limit=want, cursor=cursor
-        )
+        got = c.rows_page(name, version, q=query, tags=list(tags), where=where, limit=want, cursor=cursor)
+        (page, cursor), total = got, got.total
         shown += len(page)
         if as_json:  # streamed: --all may be millions of rows
             for r in page:
@@ -376,6 +377,9 @@ def ds_rows(
             )
             t.add_row(r.row_id, _clip(p, 60), _clip(r.response, 30), _clip(json.dumps(r.metadata), 40))
         _print_table(t, "no rows" + (" match" if (query or tags or where) else " in this version"))
+        if rows:
+            said = f"{shown:,}{' more' if later else ''} of {total:,} rows"
+            click.echo(said + (" matching" if (query or tags or where) else ""), err=True)
     if cursor:
         click.echo(f"more rows: --cursor {cursor}", err=True)
 

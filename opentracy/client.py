@@ -204,6 +204,17 @@ class Dataset:
         return self._c.to_hf(self.name, version=self.version, test_size=test_size, seed=seed)
 
 
+class RowsPage(tuple):  # type: ignore[type-arg]
+    """`rows, next_cursor = d.rows_page(...)`, and `.total`: the rows matching the filters, in all pages."""
+
+    total: int
+
+    def __new__(cls, rows: list[Row], next_cursor: str | None, total: int) -> RowsPage:
+        page = super().__new__(cls, (rows, next_cursor))
+        page.total = total
+        return page
+
+
 @dataclass(frozen=True)
 class Alias:
     """A named pointer to a model. `resolved` is the model string at the end of its chain; `history` (oldest
@@ -577,9 +588,10 @@ class Distiller:
         where: dict[str, str] | None = None,
         limit: int = 100,
         cursor: str | None = None,
-    ) -> tuple[list[Row], str | None]:
-        """One page of rows (at most 1,000) and the cursor of the next page (None after the last): `q`
-        searches prompt and response, `tags` must all be present, `where` matches metadata fields."""
+    ) -> RowsPage:
+        """One page of rows (at most 1,000) and the cursor of the next page (None after the last), as a pair;
+        `.total` is how many rows match. `q` searches prompt and response, `tags` must all be present, `where`
+        matches metadata fields."""
         ver = version if version is not None else "latest"
         params: dict[str, Any] = {"limit": limit}
         if q:
@@ -592,7 +604,7 @@ class Distiller:
             params["cursor"] = cursor
         page = self._json("GET", f"/v1/datasets/{name}/versions/{ver}/rows", params=params)
         rows = [Row._from(r) for r in page["rows"]]
-        return rows, page.get("next_cursor")
+        return RowsPage(rows, page.get("next_cursor"), page["total"])
 
     def get_row(self, name: str, row_id: str, version: int | str = "latest") -> Row:
         r = self._json("GET", f"/v1/datasets/{name}/versions/{version}/rows/{row_id}")

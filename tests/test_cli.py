@@ -100,6 +100,10 @@ def test_upload_list_show_rows(server, tickets, write_jsonl):
     assert len(r.stdout.splitlines()) == 300 and "more rows" not in r.stderr
     r = ok(server.url, "datasets", "rows", "tickets", "--limit", "299")
     assert "more rows: --cursor" in r.stderr and "r_0000298" in r.stdout and "r_0000299" not in r.stdout
+    assert r.stderr.splitlines()[0] == "299 of 300 rows"  # a table says how many there are in all
+    cursor = r.stderr.split()[-1]
+    r = ok(server.url, "datasets", "rows", "tickets", "--cursor", cursor, "-q", "question")
+    assert r.stderr.splitlines() == ["1 more of 300 rows matching"] and "r_0000299" in r.stdout
     assert_one_line_error(run(server.url, "datasets", "rows", "tickets", "--limit", "0"), "--limit")
     lines = ok(
         server.url,

@@ -268,6 +268,8 @@ def test_row_writes(client, tickets):
         if not cursor:
             break
     assert paged == rows
+    assert client.rows_page("tickets", limit=7).total == 120  # the pair, and how many rows match in all
+    assert client.rows_page("tickets", limit=7, q="p1B").total == 1
     assert list(client.rows("tickets", where={"cluster_id": "34"}, page_size=7)) == [
         r for r in rows if r.metadata.get("cluster_id") == 34
     ]
