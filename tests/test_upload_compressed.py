@@ -139,3 +139,10 @@ def test_the_duckdb_decoder_hands_a_truncated_gzip_file_to_the_careful_path(tmp_
         for _batch in formats.duck_jsonl(formats.SourceFile(tmp_path / "cut.jsonl.gz")):
             batches += 1
     assert batches > 0  # the error came mid-stream
+
+
+def test_a_plain_file_that_begins_like_a_compressed_one_is_read_as_it_is(engine, tmp_path):
+    # bz2 files begin "BZh"; so may a CSV header. Only the full magic (level digit, block magic) counts.
+    (tmp_path / "t.csv").write_text("BZh1,answer\nhi,yo\n")
+    res = engine.datasets.upload("plain", tmp_path / "t.csv", prompt_field="BZh1", response_field="answer")
+    assert res.rows_added == 1 and _stored(engine, "plain")[0][1:3] == ("hi", "yo")

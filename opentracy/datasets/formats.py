@@ -289,18 +289,24 @@ _BOM = codecs.BOM_UTF8
 
 # Compressed text files (JSONL, CSV) are read through the standard library's decompressors, told by their
 # first bytes (not their names: a gzipped file named rows.jsonl is read too).
-_COMPRESSIONS = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
-_COMPRESSED_SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".xz": "xz"}
+_COMPRESSED_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz")
 
 
 def compression_of(path: str | os.PathLike[str]) -> str | None:
-    """'gzip', 'bz2' or 'xz' when the file starts as such a file does; None otherwise."""
+    """'gzip', 'bz2' or 'xz' when the file starts as such a file does; None otherwise. (bz2's "BZh" could
+    begin a CSV header, so its level digit and first block's magic must follow.)"""
     try:
         with open(path, "rb") as f:
-            head = f.read(6)
+            head = f.read(10)
     except (IsADirectoryError, PermissionError):
         return None
-    return next((name for magic, name in _COMPRESSIONS.items() if head.startswith(magic)), None)
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90"):
+        return "bz2"  # a first block, or the end of an empty stream
+    return None
 
 
 _DAMAGED = (OSError, EOFError, zlib.error, lzma.LZMAError)  # what reading a damaged compressed file raises
