@@ -305,10 +305,14 @@ def ds_show(ctx: click.Context, name: str, version: str | None, as_json: bool) -
     con.print(f"[bold]{ds.label}[/bold] {when}")
     con.print(f"[bold]{ds.label}[/bold] provenance:")
     for step in ds.provenance:
+        # an upload's options (a dict) read as the step's own fields; other values as JSON, not Python reprs
+        flat = {k: v for k, v in step.items() if k != "options"} | (step.get("options") or {})
         rest = ", ".join(
-            f"{k}={v}" for k, v in step.items() if k not in ("kind", "at") and v not in (None, {}, [])
+            f"{k}={v if isinstance(v, str | int | float) else json.dumps(v)}"
+            for k, v in flat.items()
+            if k not in ("kind", "at") and v not in (None, {}, [])
         )
-        con.print(f"  {step.get('at', '')}  {step.get('kind')}  {rest}")
+        con.print(f"  {step.get('at', '')}  {step.get('kind')}  {rest}", markup=False, soft_wrap=True)
     _warnings(ds)
 
 

@@ -416,3 +416,13 @@ def test_an_empty_list_says_so_on_stderr(server, tickets):
         assert r.stdout == "" and r.stderr.strip() == said, (args, r.stdout, r.stderr)
     r = ok(server.url, "datasets", "list")
     assert "tickets" in r.stdout and r.stderr == ""
+
+
+def test_show_prints_an_uploads_options_as_fields(server, tmp_path):
+    # They printed as a Python dict: options={'prompt_field': 'q', ...}.
+    (tmp_path / "t.csv").write_text("q,a,src\nhi,yo,web\n")
+    ok(server.url, "datasets", "upload", "m", str(tmp_path / "t.csv"), "--prompt-field", "q",
+       "--response-field", "a", "--metadata-field", "src")  # fmt: skip
+    step = [x for x in ok(server.url, "datasets", "show", "m").stdout.splitlines() if "  upload  " in x]
+    assert len(step) == 1 and "{" not in step[0], step
+    assert 'prompt_field=q, response_field=a, metadata_fields=["src"]' in step[0] and "file=t.csv" in step[0]
