@@ -790,26 +790,22 @@ def read_csv(
 
     def lines() -> Iterator[str]:
         with src.content() as f:
-            it = iter(f)  # split at b"\n", which never falls inside a UTF-8 sequence
-            while True:
-                try:
-                    raw = next(it)
-                except StopIteration:
-                    break
-                except Exception as e:
-                    raise src.read_error(e, state["line"] + 1) from None
-                if plain:
-                    src.sha256.update(raw)
-                    src.bytes_read += len(raw)
-                state["line"] += 1
-                try:
-                    yield raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    problem = f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
-                    if errors.on_error == "raise" or state["line"] == 1:
-                        raise InvalidInput(problem, file=src.name, line=state["line"]) from None
-                    bad_utf8[state["line"]] = problem
-                    yield raw.decode("utf-8", "replace")  # the record holding this line is skipped below
+            try:
+                for raw in f:  # split at b"\n", which never falls inside a UTF-8 sequence
+                    if plain:
+                        src.sha256.update(raw)
+                        src.bytes_read += len(raw)
+                    state["line"] += 1
+                    try:
+                        yield raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        problem = f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+                        if errors.on_error == "raise" or state["line"] == 1:
+                            raise InvalidInput(problem, file=src.name, line=state["line"]) from None
+                        bad_utf8[state["line"]] = problem
+                        yield raw.decode("utf-8", "replace")  # the record holding this line is skipped below
+            except _DAMAGED as e:  # a damaged compressed file (a plain file's I/O errors pass as they are)
+                raise src.read_error(e, state["line"] + 1) from None
 
     reader = csv.reader(lines(), strict=True)
     try:
