@@ -14,6 +14,7 @@ and returns the result, or returns the `Job` at once with `wait=False`.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import re
@@ -29,7 +30,7 @@ from typing import Any, BinaryIO
 import httpx
 
 from opentracy import errors
-from opentracy.datasets.suffixes import export_format
+from opentracy.datasets.suffixes import export_format, gzipped
 from opentracy.names import check_dataset_name
 
 DEFAULT_URL = "http://localhost:8000"
@@ -666,7 +667,8 @@ class Distiller:
         try:
             with self._stream_get(url, params) as resp:
                 size = resp.headers.get("content-length")
-                with self._progress_bar(None) as bar, open(tmp, "wb") as f:
+                opened = gzip.open(tmp, "wb", compresslevel=6) if gzipped(dest) else open(tmp, "wb")
+                with self._progress_bar(None) as bar, opened as f:
                     # A streamed export has no length ahead: the bar then counts what has arrived.
                     task = bar.add_task(
                         f"downloading {dest.name}",

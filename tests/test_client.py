@@ -222,6 +222,10 @@ def test_freeze_new_version_diff_export_to_hf(client, tickets, tmp_path):
     ):
         client.export("tickets", tmp_path / "v2.xml")
     assert not (tmp_path / "v2.xml").exists()
+    import gzip
+
+    packed = client.export("tickets", tmp_path / "s.jsonl.gz")  # gzip, as the name says
+    assert gzip.decompress(packed.read_bytes()) == client.export("tickets", tmp_path / "s.jsonl").read_bytes()
     # to_hf: a Dataset, or a deterministic train/validation split
     hf = frozen.to_hf()
     assert len(hf) == 120 and hf[0]["row_id"] == "r_0000000" and hf[0]["response"] == "billing"

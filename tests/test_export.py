@@ -221,10 +221,30 @@ def test_export_format_follows_the_suffix_unless_given(engine, write_jsonl, tmp_
     assert (tmp_path / "t.csv").read_text().count("\n") == 4
     engine.datasets.export("t", None, "openai", tmp_path / "t.parquet")  # said outright: as said
     assert "messages" in (tmp_path / "t.parquet").read_text()
-    for name in ("t", "t.txt", "t.jsonl.gz"):
+    for name in ("t", "t.txt", "t.jsonl.zip"):
         with pytest.raises(InvalidInput, match=f"cannot tell the export format from the name '{name}'"):
             engine.datasets.export("t", None, None, tmp_path / name)
         assert not (tmp_path / name).exists()
+
+
+def test_export_to_a_gz_name_writes_gzip_that_uploads_again(engine, write_jsonl, tmp_path):
+    import gzip
+
+    engine.datasets.upload("t", write_jsonl(spec_rows(5)))
+    for fmt in ("jsonl", "csv", "openai"):
+        plain, packed = tmp_path / f"t.{fmt}", tmp_path / f"t.{fmt}.gz"
+        engine.datasets.export("t", None, fmt, plain)
+        engine.datasets.export("t", None, fmt if fmt == "openai" else None, packed)
+        assert gzip.decompress(packed.read_bytes()) == plain.read_bytes()
+    res = engine.datasets.upload("again", tmp_path / "t.jsonl.gz")  # the round trip, compressed
+    assert res.rows_added == 5
+    assert [r.row_id for r in engine.datasets.iter_rows("again")] == [r["row_id"] for r in spec_rows(5)]
+    for name, fmt in (("t.parquet.gz", None), ("t.gz", "parquet")):
+        with pytest.raises(InvalidInput, match="Parquet is compressed inside; name the file .parquet"):
+            engine.datasets.export("t", None, fmt, tmp_path / name)
+    with pytest.raises(InvalidInput, match="cannot tell the export format from the name 't.gz'"):
+        engine.datasets.export("t", None, None, tmp_path / "t.gz")
+    assert not list(tmp_path.glob("*.part"))
 
 
 def test_export_bytes_matches_file(engine, write_jsonl, tmp_path):

@@ -7,6 +7,7 @@ Text formats stream: `iter_export()` yields bytes a batch at a time, for files a
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from opentracy.datasets.suffixes import gzipped
 from opentracy.errors import InvalidInput
 
 EXPORT_FORMATS = ("jsonl", "openai", "csv", "parquet")
@@ -153,7 +155,7 @@ def write_export(batches: Iterator[pa.RecordBatch], fmt: str, dest: str | os.Pat
                     n += rb.num_rows
                     yield rb
 
-            with open(tmp, "wb") as f:
+            with gzip.open(tmp, "wb", compresslevel=6) if gzipped(dest) else open(tmp, "wb") as f:
                 for chunk in iter_export(counted(), fmt):
                     f.write(chunk)
         os.replace(tmp, dest)

@@ -19,20 +19,27 @@ EXPORT_SUFFIXES = {
 }
 
 
+def gzipped(path: str | os.PathLike[str]) -> bool:
+    """Whether an export to `path` is written gzip-compressed (its name ends in .gz)."""
+    return PurePath(os.fspath(path)).suffix.lower() == ".gz"
+
+
 def export_format(
     path: str | os.PathLike[str], fmt: str | None, allowed: tuple[str, ...] | None = None
 ) -> str:
-    """`fmt` when given (checked by whoever writes), else the format the file name's suffix names; a name
-    that names none (or one outside `allowed`) is an error rather than a file whose content its name
-    misstates."""
+    """`fmt` when given (checked by whoever writes), else the format the file name's suffix names (before a
+    final .gz, which compresses a text format); a name that names none (or one outside `allowed`) is an
+    error rather than a file whose content its name misstates."""
+    name = PurePath(os.fspath(path)).name
+    inner = PurePath(name[: -len(".gz")]) if gzipped(name) else PurePath(name)
+    got = fmt or EXPORT_SUFFIXES.get(inner.suffix.lower())
+    if gzipped(name) and got == "parquet":
+        raise InvalidInput(f"{name!r}: Parquet is compressed inside; name the file .parquet")
     if fmt:
         return fmt
-    suffix = PurePath(os.fspath(path)).suffix.lower()
-    got = EXPORT_SUFFIXES.get(suffix)
     choices = allowed or tuple(dict.fromkeys(EXPORT_SUFFIXES.values()))
     if got is None or got not in choices:
         raise InvalidInput(
-            f"cannot tell the export format from the name {PurePath(os.fspath(path)).name!r}; "
-            f"pass format= (one of {', '.join(choices)})"
+            f"cannot tell the export format from the name {name!r}; pass format= (one of {', '.join(choices)})"
         )
     return got
