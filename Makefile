@@ -26,7 +26,10 @@ lint: $(STAMP)
 bench-upload: $(STAMP)
 	$(BIN)/python bench/upload.py
 
-.PHONY: bench-upload-decoders bench-segment-codecs bench-rows
+.PHONY: bench-upload-decoders bench-upload-formats bench-segment-codecs bench-rows
+bench-upload-formats: $(STAMP)
+	$(BIN)/python bench/upload_formats.py
+
 bench-rows: $(STAMP)
 	$(BIN)/python bench/rows.py
 

@@ -205,7 +205,7 @@ class Dataset:
         return self._c.to_hf(self.name, version=self.version, test_size=test_size, seed=seed)
 
 
-class RowsPage(tuple):  # type: ignore[type-arg]
+class RowsPage(tuple[list[Row], str | None]):
     """`rows, next_cursor = d.rows_page(...)`, and `.total`: the rows matching the filters, in all pages."""
 
     total: int

@@ -14,13 +14,16 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from opentracy.config import Settings
 from opentracy.engine import Engine
+
+T = TypeVar("T")
 
 PG_URL = os.environ.get("OPENTRACY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SKIP_PG = os.environ.get("OPENTRACY_TEST_SKIP_PG") == "1"
@@ -180,6 +183,15 @@ def spec_rows(
             }
         )
     return out
+
+
+def in_threads(fn: Callable[[int], T], n: int) -> list[T]:
+    """fn(0) .. fn(n - 1), each on its own thread, all at once; their results in order. The first error any
+    of them raised is raised here, after all have ended."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(fn, range(n)))
 
 
 def segment_files(engine: Engine) -> list[Path]:

@@ -6,6 +6,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from conftest import in_threads
 from sqlalchemy import text
 
 from opentracy.store.catalog import CHECKPOINTER, WAL_SAFETY_PAGES, Catalog
@@ -92,8 +93,6 @@ def test_a_checkpoint_connection_opened_before_the_switch_to_wal_is_replaced(tmp
 
 def test_default_duckdb_connections_share_one_database_and_nothing_else() -> None:
     # Opening a DuckDB database costs ~12 ms (most of a page of rows); reads take cursors of one shared database.
-    import threading
-
     from opentracy.store.segments import duck
 
     a, b = duck(), duck()
@@ -120,25 +119,15 @@ def test_default_duckdb_connections_share_one_database_and_nothing_else() -> Non
     assert c.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 't'").fetchall() == [(0,)]
     c.close()
 
-    errors: list[BaseException] = []
-
     def work(i: int) -> None:
+        con = duck()
         try:
-            con = duck()
-            try:
-                con.execute(f"CREATE TEMP TABLE w AS SELECT range AS v FROM range({1000 + i})")
-                assert con.execute("SELECT count(*) FROM w").fetchall() == [(1000 + i,)]
-            finally:
-                con.close()
-        except BaseException as e:
-            errors.append(e)
+            con.execute(f"CREATE TEMP TABLE w AS SELECT range AS v FROM range({1000 + i})")
+            assert con.execute("SELECT count(*) FROM w").fetchall() == [(1000 + i,)]
+        finally:
+            con.close()
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    in_threads(work, 8)
     # other settings still get a database of their own
     own = duck(memory_limit="256MB")
     try:

@@ -3,7 +3,7 @@ restart (a new Engine on the same database). Runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import threading
+from conftest import in_threads
 
 from opentracy.config import Settings
 from opentracy.engine import Engine
@@ -126,21 +126,7 @@ def test_get_put_idempotent_stats_clear(engine: Engine) -> None:
 def test_concurrent_puts_of_one_key(engine: Engine) -> None:
     cache = engine.llm_cache
     k = cache.key("openai/gpt-4o", MSGS, {}, 7)
-    stored: list[bool] = []
-    errors: list[BaseException] = []
-
-    def put(i: int) -> None:
-        try:
-            stored.append(cache.put(k, "openai/gpt-4o", payload(f"answer {i}")))
-        except BaseException as e:  # noqa: BLE001 - any error fails the test below
-            errors.append(e)
-
-    threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    stored = in_threads(lambda i: cache.put(k, "openai/gpt-4o", payload(f"answer {i}")), 8)
     assert stored.count(True) == 1 and len(stored) == 8
     assert cache.stats()["entries"] == 1
 

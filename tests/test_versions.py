@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 import pytest
-from conftest import segment_files, spec_rows
+from conftest import in_threads, segment_files, spec_rows
 
 from opentracy.errors import Conflict, IntegrityError, InvalidInput, NotFound
 
@@ -330,23 +330,8 @@ def test_listing_pagination_and_filters(engine, tickets):
 
 def test_concurrent_row_writes_all_land(engine, tickets):
     # 40 threads each editing a row used to see ~2 in 3 fail with "changed while this write was in progress"
-    import threading
-
     ids = [f"r_{i:07d}" for i in range(40)]
-    errors: list[BaseException] = []
-
-    def edit(i: int) -> None:
-        try:
-            tickets.update_row("tickets", ids[i], response=f"edit {i}")
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=edit, args=(i,)) for i in range(40)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[:3]
+    in_threads(lambda i: tickets.update_row("tickets", ids[i], response=f"edit {i}"), 40)
     assert [tickets.get_row("tickets", r).response for r in ids] == [f"edit {i}" for i in range(40)]
 
 
@@ -502,14 +487,11 @@ def test_parallel_uploads_into_a_new_dataset_all_land(engine, monkeypatch, write
 
 
 def test_shards_uploaded_from_threads_into_a_new_dataset_all_land(engine, write_jsonl):
-    from concurrent.futures import ThreadPoolExecutor
-
     files = [
         write_jsonl([{"prompt": f"shard {k} row {i}", "response": "r"} for i in range(50)], f"shard{k}.jsonl")
         for k in range(4)
     ]
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda f: engine.datasets.upload("shards", f), files))
+    results = in_threads(lambda k: engine.datasets.upload("shards", files[k]), 4)
     assert sorted(r.rows_added for r in results) == [50] * 4
     v = engine.datasets.version("shards")
     assert (v.label, v.row_count, len(v.provenance)) == ("shards-v1", 200, 4)

@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, cast
 
 import msgspec
 import numpy as np
@@ -316,7 +316,7 @@ _OPENERS: dict[str, Any] = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}
 def open_content(path: str | os.PathLike[str]) -> BinaryIO:
     """A file's content to read, decompressed when it is compressed (nothing hashed: for a first look)."""
     c = compression_of(path)
-    return _OPENERS[c](path, "rb") if c else open(path, "rb")  # type: ignore[no-any-return]
+    return cast(BinaryIO, _OPENERS[c](path, "rb")) if c else open(path, "rb")
 
 
 class _Tap(io.RawIOBase):
@@ -362,13 +362,9 @@ class SourceFile:
 
     @contextlib.contextmanager
     def content(self, count: bool = True) -> Iterator[BinaryIO]:
-        """The file's content, decompressed when it is compressed. A plain file's reader hashes and counts
-        what it reads; a compressed file's bytes are hashed and counted here, as the decompressor reads them
-        (read it through, then leave the block: the hash is complete after that)."""
-        if self.compression is None:
-            with open(self.path, "rb") as f:
-                yield f
-            return
+        """The file's content, decompressed when it is compressed. The file's bytes as they are are hashed and
+        counted (`count`: into bytes_read, for progress) as they are read, 1 MB at a time whatever the reader
+        asks for (a line, a chunk). Read it through, then leave the block: the hash is complete after that."""
 
         def counted(n: int) -> None:
             if count:  # else the reader sets bytes_read itself
@@ -376,8 +372,12 @@ class SourceFile:
 
         tap = _Tap(self.path, self.sha256, counted)
         try:
-            with _OPENERS[self.compression](io.BufferedReader(tap, 1 << 20), "rb") as f:
-                yield f
+            buffered = io.BufferedReader(tap, 1 << 20)
+            if self.compression is None:
+                yield buffered
+            else:
+                with _OPENERS[self.compression](buffered, "rb") as f:
+                    yield f
             tap.drain()
         finally:
             tap.release()
@@ -399,7 +399,6 @@ class SourceFile:
         q: queue.Queue[Any] = queue.Queue(maxsize=2)
         stop = threading.Event()
 
-        plain = self.compression is None
         lines_read = [0]  # a compressed file's: where an error stops the reader, ahead of the consumer
 
         def read() -> None:
@@ -409,9 +408,7 @@ class SourceFile:
                         buf = f.read(chunk_bytes)
                         if not buf:
                             break
-                        if plain:
-                            self.sha256.update(buf)
-                        else:
+                        if self.compression:
                             lines_read[0] += buf.count(b"\n")
                         q.put(buf)
             except BaseException as e:
@@ -428,8 +425,6 @@ class SourceFile:
                 buf = q.get()
                 if isinstance(buf, BaseException):
                     raise self.read_error(buf, lines_read[0] + 1)
-                if plain:
-                    self.bytes_read += len(buf)
                 if not buf:  # the end, once the whole file is hashed
                     if rest:
                         yield rest, line
@@ -654,8 +649,6 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 32_768) -> Iterator[Bat
             last = b"\n"
             with src.content(count=False) as f:  # a gzip file's lines: those of its content
                 while buf := f.read(8 << 20):
-                    if src.compression is None:
-                        src.sha256.update(buf)
                     lines += int(np.count_nonzero(np.frombuffer(buf, np.uint8) == 10))  # 2x bytes.count
                     last = buf[-1:]
             total_lines.append(lines + (1 if last != b"\n" else 0))
@@ -786,15 +779,10 @@ def read_csv(
     # Lines that are not valid UTF-8 (only when skipping: otherwise the first one raises), and why.
     bad_utf8: dict[int, str] = {}
 
-    plain = src.compression is None
-
     def lines() -> Iterator[str]:
         with src.content() as f:
             try:
                 for raw in f:  # split at b"\n", which never falls inside a UTF-8 sequence
-                    if plain:
-                        src.sha256.update(raw)
-                        src.bytes_read += len(raw)
                     state["line"] += 1
                     try:
                         yield raw.decode("utf-8")
