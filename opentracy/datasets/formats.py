@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from opentracy.datasets.rows import check_messages, check_metadata, type_name
+from opentracy.datasets.suffixes import SUFFIX_FORMATS
 from opentracy.errors import InvalidInput
 
 FORMATS = ("jsonl", "openai", "csv", "parquet", "hf")
@@ -1112,12 +1113,11 @@ def detect_format(path: Path, fmt: str | None) -> str:
     if suffixes and suffixes[-1] in _COMPRESSED_SUFFIXES:  # rows.jsonl.gz: the format is the name's before
         suffixes.pop()
     suffix = suffixes[-1] if suffixes else ""
-    if suffix in (".jsonl", ".json", ".ndjson"):
+    named = SUFFIX_FORMATS.get(suffix)
+    if named == "jsonl":
         return sniff_jsonl(path)
-    if suffix == ".csv":
-        return "csv"
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
+    if named:
+        return named
     if suffix == ".arrow":
         return "hf"
     raise InvalidInput(

@@ -1,4 +1,4 @@
-"""The export format a file name asks for. No heavy imports: the client uses it too."""
+"""The format a file name says (an upload's, an export's). No heavy imports: the client uses it too."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import PurePath
 from opentracy.errors import InvalidInput
 
 # What a name's last suffix means when no format is given. ".jsonl" is the spec's rows; OpenAI chat
-# fine-tuning JSONL is asked for by name (format="openai").
-EXPORT_SUFFIXES = {
+# fine-tuning JSONL is asked for by name (format="openai") on export, and told by its first record on upload.
+SUFFIX_FORMATS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".json": "jsonl",
@@ -32,12 +32,12 @@ def export_format(
     error rather than a file whose content its name misstates."""
     name = PurePath(os.fspath(path)).name
     inner = PurePath(name[: -len(".gz")]) if gzipped(name) else PurePath(name)
-    got = fmt or EXPORT_SUFFIXES.get(inner.suffix.lower())
+    got = fmt or SUFFIX_FORMATS.get(inner.suffix.lower())
     if gzipped(name) and got == "parquet":
         raise InvalidInput(f"{name!r}: Parquet is compressed inside; name the file .parquet")
     if fmt:
         return fmt
-    choices = allowed or tuple(dict.fromkeys(EXPORT_SUFFIXES.values()))
+    choices = allowed or tuple(dict.fromkeys(SUFFIX_FORMATS.values()))
     if got is None or got not in choices:
         raise InvalidInput(
             f"cannot tell the export format from the name {name!r}; pass format= (one of {', '.join(choices)})"
