@@ -1,10 +1,11 @@
-"""The same rows uploaded from each text format (run by hand, never in CI): plain JSONL is the anchor, against
-gzip and xz JSONL and plain and gzip CSV, through the library, in one process, interleaved.
+"""The same rows uploaded from each format (run by hand, never in CI): plain JSONL is the anchor, against plain
+and gzip CSV, Parquet, and gzip and xz JSONL, through the library, in one process, interleaved.
 
     .venv/bin/python bench/upload_formats.py [--rows 200000] [--repeat 3]
 
 The rows are the first N of the upload benchmark's file (bench/gen_jsonl.py, json.dumps layout, the seed of
-bench/upload.py), written under /tmp/opentracy-bench; CSV has the spec's columns (metadata as JSON text).
+bench/upload.py), written under /tmp/opentracy-bench; CSV and Parquet have the spec's columns (metadata as
+JSON text, as opentracy's own export writes them).
 Prints each format's median wall and CPU seconds and its time against plain JSONL's.
 """
 
@@ -49,6 +50,12 @@ def variants(jsonl: Path, work: Path, rows: int) -> dict[str, Path]:
             for line in plain.splitlines():
                 r = json.loads(line)
                 w.writerow([r["row_id"], r["prompt"], r["response"], json.dumps(r["metadata"])])
+    out["parquet"] = work / f"fmt-{rows}.parquet"
+    if not out["parquet"].exists():
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+
+        pq.write_table(pcsv.read_csv(out["csv"]), out["parquet"])
     for name, base, pack in (
         ("jsonl.gz", out["jsonl"], gzip.compress),
         ("jsonl.xz", out["jsonl"], lzma.compress),

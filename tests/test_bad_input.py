@@ -161,6 +161,49 @@ TEXT_CASES = [
         ("line", 2),
         "teacher_model",
     ),
+    # JSON that DuckDB's reader takes but the JSON standard (and the line-by-line reader) does not
+    (
+        "trailing-comma-in-line",
+        "a.jsonl",
+        jsonl(G, '{"row_id": "lenient-0", "prompt": "p", "response": "r",}'),
+        ("line", 2),
+        "malformed JSON",
+    ),
+    (
+        "trailing-comma-in-metadata",
+        "a.jsonl",
+        jsonl(G, G, '{"row_id": "lenient-1", "prompt": "p", "response": "r", "metadata": {"a": [1, 2,]}}'),
+        ("line", 3),
+        "malformed JSON",
+    ),
+    (
+        "trailing-comma-compact",
+        "a.jsonl",
+        jsonl(G, '{"row_id":"lenient-2","prompt":"p","response":"r","metadata":{"a":1,}}'),
+        ("line", 2),
+        "malformed JSON",
+    ),
+    (
+        "nan-in-metadata",
+        "a.jsonl",
+        jsonl(G, '{"prompt": "p", "response": "r", "metadata": {"x": NaN}}'),
+        ("line", 2),
+        "malformed JSON",
+    ),
+    (
+        "infinity-compact",
+        "a.jsonl",
+        jsonl(G, '{"row_id":"lenient-3","prompt":"p","response":"r","metadata":{"x":[-Infinity]}}'),
+        ("line", 2),
+        "malformed JSON",
+    ),
+    (
+        "csv-metadata-trailing-comma",
+        "a.csv",
+        csv_text([["prompt", "response", "metadata"], ["p", "r", "{}"], ["p", "r", '{"a": 1,}']]),
+        ("line", 3),
+        "JSON object",
+    ),
     # the slow path (an unknown top-level key sends a chunk there) checks metadata types too
     (
         "judge-score-slow-path",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -139,6 +140,8 @@ def test_a_file_the_duckdb_decoder_refuses_is_read_line_by_line(engine, tmp_path
         '{"row_id": "z", "prompt": "x", "response": "y", "metadata": {"a": "p, q: r"}, "extra": 1}',
         '{"row_id":"z","prompt":"x","response":"y","metadata":{"a":1},"extra":1}',
         '{"row_id":"z","prompt":"x","response":"y","response":"w","metadata":{}}',
+        # numbers DuckDB keeps as text and Python reads as inf and 0.0
+        '{"row_id":"z","prompt":"x","response":"y","metadata":{"a":1e400,"b":[-2E-0400]}}',
     )
     for k, text in enumerate(cases):
         f = tmp_path / f"keys{k}.jsonl"
@@ -226,7 +229,9 @@ def _fuzz_lines(n: int, seed: int) -> list[str]:
                '{"x": 1}', "\u2028", "\\", '"', "x\\\"y", "nul\u0000"]  # fmt: skip
     values = [*strings, 5, -1.5, True, None, ["a"], [{"role": "user", "content": "hi"}], {"a": 1}, {}]
     metas = [{}, {"a": 1}, {"tags": ["x", "y"]}, {"note": "p, q: r"}, {"cluster_id": 3, "judge_score": 0.5},
-             {"n": {"k": [1, {"z": None}]}}, {"s": 'q"\\'}, None, "meta", 7, ["x"]]  # fmt: skip
+             {"n": {"k": [1, {"z": None}]}}, {"s": 'q"\\'}, None, "meta", 7, ["x"],
+             # json.dumps writes NaN and Infinity, which are not JSON
+             {"x": float("nan")}, {"y": [1.5, float("-inf")]}]  # fmt: skip
     layouts = [(",", ":"), (", ", ": "), (",", ": "), (" ,", " : "), (",  ", ":")]
     lines = []
     for _ in range(n):
@@ -249,7 +254,10 @@ def _fuzz_lines(n: int, seed: int) -> list[str]:
             json.dumps(k) + key_sep + json.dumps(v, ensure_ascii=ascii_only, separators=(item, key_sep))
             for k, v in pairs
         )  # fmt: skip
-        lines.append("{" + body + "}")
+        line = "{" + body + "}"
+        if rnd.random() < 0.06 and body:  # a trailing comma, which DuckDB's reader takes and JSON does not
+            line = line[:-1] + ",}" if rnd.random() < 0.5 else re.sub(r"([^{])}}", r"\1,}}", line, count=1)
+        lines.append(line)
     return lines
 
 
@@ -269,7 +277,7 @@ def test_the_duckdb_decoder_keeps_only_what_the_careful_path_reads_the_same(tmp_
     )
     con = formats.decode_connection()
     try:
-        table = con.sql(sql.format(path=str(path), compression="none")).to_arrow_table()
+        table = con.sql(formats.duck_jsonl_sql(str(path), "none", sql)).to_arrow_table()
         table = table.set_column(6, "row_hash", formats._digests(table.column("row_hash")))
         kept = {r["line"]: r for r in table.to_pylist()}
         checked = 0
@@ -461,3 +469,19 @@ def test_arrow_helpers_match_pyarrow_and_refuse_what_they_cannot_convert() -> No
         to_numpy(pa.array(["a"]))
     with pytest.raises(ValueError, match="1-D"):
         from_numpy(np.zeros((2, 2)))
+
+
+def test_text_that_only_looks_like_lenient_json_stays_on_the_duckdb_decoder(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Hex ids ("t_5e839": an e and three digits) and words such as ",info" are no number and no Infinity:
+    a file full of them must not be sent to the line-by-line path."""
+    refused = _record_refusals(monkeypatch)
+    rows = [
+        {"row_id": f"h{i}", "prompt": "info: nanny, 5e400 [e839]", "response": "r",
+         "metadata": {"source_trace_id": f"t_{i:04d}e839ab", "note": "a,info:infinite", "n": [1e300, -2.5e-307]}}
+        for i in range(50)
+    ]  # fmt: skip
+    src = _write(tmp_path / "hex.jsonl", rows, ensure_ascii=False, spaced=True)
+    batches = list(formats.duck_jsonl(formats.SourceFile(src)))
+    assert sum(b.table.num_rows for b in batches) == 50 and refused == []

@@ -33,6 +33,7 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
+from opentracy._arrow import from_numpy
 from opentracy.datasets.rows import check_messages, check_metadata, type_name
 from opentracy.datasets.suffixes import SUFFIX_FORMATS
 from opentracy.errors import InvalidInput
@@ -581,11 +582,23 @@ SELECT row_id, prompt, false AS prompt_messages, response, coalesce(metadata, '{
 FROM k
 WHERE CASE
   WHEN prompt IS NULL OR response IS NULL OR row_id = '' OR (metadata IS NOT NULL AND NOT prefix(metadata, '{{'))
+    OR regexp_matches(CASE WHEN canonical THEN metadata ELSE line END, '{lenient}')
     OR (NOT canonical AND (k IS NULL OR NOT list_has_all(['row_id', 'prompt', 'response', 'metadata'], k)
                            OR len(k) <> len(list_distinct(k)) OR t[2] <> 'VARCHAR' OR t[3] <> 'VARCHAR'
                            OR t[1] NOT IN ('VARCHAR', 'NULL') OR t[4] NOT IN ('OBJECT', 'NULL')))
   THEN error('opentracy: needs the careful path') ELSE true END
 """
+# What DuckDB's JSON reader takes beyond the JSON standard (which the line-by-line readers hold to): trailing
+# commas, NaN and Infinity (any case), and numbers with exponents from 308 up, which Python reads as inf or
+# 0.0 where DuckDB keeps their text. JSON text holding one of these token sequences goes to the careful path;
+# a string that happens to hold one too (text such as `x, ]` or `a:nan}`) only costs that detour. Hex ids such
+# as "t_5e839" do not: a number follows `:`, `,` or `[` and ends before `,`, `]` or `}`.
+_END = r"\s*[,\]}]"
+LENIENT_JSON_RE = (
+    r",\s*[\]}]"
+    rf"|[:,\[]\s*-?(?i:nan|inf|infinity){_END}"
+    rf"|[:,\[]\s*-?[0-9]+(\.[0-9]+)?[eE][+-]?0*(30[89]|3[1-9][0-9]|[4-9][0-9][0-9]|[1-9][0-9]{{3,}}){_END}"
+)
 _DUCK_BATCH_SCHEMA = BATCH_SCHEMA.append(pa.field("row_hash", pa.binary()))
 # The row hash's 16 bytes. md5_number gives the digest as a 128-bit integer, whose little-endian bytes are the
 # digest's own: no 32-character hex string per row to allocate and parse back, as unhex(md5(...)) has (~6% of
@@ -622,6 +635,11 @@ def _digests(col: pa.ChunkedArray) -> pa.ChunkedArray:
         ],
         pa.binary(),
     )
+
+
+def duck_jsonl_sql(path: str, compression: str, template: str = _DUCK_JSONL_SQL) -> str:
+    """The decode query over one file (`path` quoted for SQL already)."""
+    return template.format(path=path, compression=compression, lenient=LENIENT_JSON_RE.replace("'", "''"))
 
 
 def decode_connection() -> Any:
@@ -678,7 +696,7 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 32_768) -> Iterator[Bat
 
         path = str(src.path).replace("'", "''")
         try:
-            sql = _DUCK_JSONL_SQL.format(path=path, compression=src.compression or "none")
+            sql = duck_jsonl_sql(path, src.compression or "none")
             reader = con.sql(sql).to_arrow_reader(batch_size=rows_per_batch)
             for rbs in _gathered(reader, rows_per_batch):
                 table = pa.Table.from_batches(rbs)
@@ -773,8 +791,9 @@ def _readable_lines(f: BinaryIO) -> Iterator[bytes]:
 
 
 def read_csv(
-    src: SourceFile, mapping: Mapping, errors: Errors, *, batch_rows: int = 50_000
+    src: SourceFile, mapping: Mapping, errors: Errors, *, batch_rows: int | None = None
 ) -> Iterator[Batch]:
+    batch_rows = batch_rows or TABLE_BATCH_ROWS
     norm = Normaliser(mapping, errors)
     state = {"line": 0}
     # Lines that are not valid UTF-8 (only when skipping: otherwise the first one raises), and why.
@@ -818,50 +837,97 @@ def read_csv(
     if len(set(header)) != len(header):
         raise InvalidInput("repeated column names in the header", file=src.name, line=1)
     _check_metadata_fields(header, mapping, src.name, line=1)
-    b = _Builder()
-    start = state["line"] + 1
-    while True:
-        try:
-            values = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            errors(start, f"malformed CSV: {e}")
-            start = state["line"] + 1
-            continue
-        where = start
-        start = state["line"] + 1
-        if bad_utf8:
-            bad = [n for n in range(where, start) if n in bad_utf8]
-            if bad:
-                errors(bad[0], bad_utf8[bad[0]])
-                for n in bad:
-                    del bad_utf8[n]
-                continue
-        if not values or values == [""]:
-            continue
-        if len(values) != len(header):
-            errors(where, f"expected {len(header)} fields, found {len(values)}")
-            continue
-        rec: dict[str, Any] = dict(zip(header, values, strict=True))
-        if rec[mapping.prompt] == "":
-            errors(where, f"missing prompt (column {mapping.prompt!r} is empty)")
-            continue
-        if "metadata" in rec:
-            raw_meta = rec["metadata"]
-            try:
-                rec["metadata"] = json.loads(raw_meta) if raw_meta else {}
-            except ValueError:
-                errors(where, "column 'metadata' must hold a JSON object")
-                continue
-        if rec.get(mapping.row_id_field) == "":
-            rec.pop(mapping.row_id_field)
-        norm.add(rec, where, b)
-        if len(b) >= batch_rows:
-            yield b.batch(src.progress)
-            b = _Builder()
-    if len(b):
+    # Records are gathered as they are parsed; each batch is then normalised in DuckDB when every record in
+    # it allows (`ColumnarRows`), else record by record. A record refused on its own (a wrong field count,
+    # malformed CSV, bad UTF-8) first sends the records before it on, so problems are met in file order.
+    fast = ColumnarRows.plan(
+        pa.schema([(h, pa.string()) for h in header]),
+        mapping,
+        chat=False,
+        flag=False,
+        drop_meta_nulls=False,
+        empty_prompt=False,
+    )
+    records: list[list[str]] = []
+    wheres: list[int] = []
+
+    def normalised() -> Iterator[Batch]:
+        nonlocal records, wheres
+        if not records:
+            return
+        recs, lines_of = records, wheres
+        records, wheres = [], []
+        if fast is not None:
+            cols = {
+                h: pa.array(
+                    [(v[i] or None) for v in recs] if h == mapping.row_id_field else [v[i] for v in recs],
+                    pa.string(),
+                )
+                for i, h in enumerate(header)
+            }
+            t = fast.batch(pa.table(cols))
+            if t is not None:
+                yield Batch(t, np.asarray(lines_of, dtype=np.int64), src.progress)
+                return
+        b = _Builder()
+        for values, where in zip(recs, lines_of, strict=True):
+            _csv_record(header, values, where, mapping, norm, b)
         yield b.batch(src.progress)
+
+    try:
+        start = state["line"] + 1
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                yield from normalised()
+                errors(start, f"malformed CSV: {e}")
+                start = state["line"] + 1
+                continue
+            where = start
+            start = state["line"] + 1
+            if bad_utf8:
+                bad = [n for n in range(where, start) if n in bad_utf8]
+                if bad:
+                    yield from normalised()
+                    errors(bad[0], bad_utf8[bad[0]])
+                    for n in bad:
+                        del bad_utf8[n]
+                    continue
+            if not values or values == [""]:
+                continue
+            if len(values) != len(header):
+                yield from normalised()
+                errors(where, f"expected {len(header)} fields, found {len(values)}")
+                continue
+            records.append(values)
+            wheres.append(where)
+            if len(records) >= batch_rows:
+                yield from normalised()
+        yield from normalised()
+    finally:
+        if fast is not None:
+            fast.close()
+
+
+def _csv_record(
+    header: list[str], values: list[str], where: int, mapping: Mapping, norm: Normaliser, out: _Builder
+) -> None:
+    """One CSV record (as many values as the header has names) as a row, or its problem reported."""
+    rec: dict[str, Any] = dict(zip(header, values, strict=True))
+    if rec[mapping.prompt] == "":
+        return norm.errors(where, f"missing prompt (column {mapping.prompt!r} is empty)")
+    if "metadata" in rec:
+        raw_meta = rec["metadata"]
+        try:
+            rec["metadata"] = json.loads(raw_meta) if raw_meta else {}
+        except ValueError:
+            return norm.errors(where, "column 'metadata' must hold a JSON object")
+    if rec.get(mapping.row_id_field) == "":
+        rec.pop(mapping.row_id_field)
+    norm.add(rec, where, out)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -911,6 +977,157 @@ def _check_columns(schema: pa.Schema, mapping: Mapping, name: str, chat: bool) -
         )
 
 
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+# Types of the columns that become metadata values which DuckDB's json_object writes as msgspec writes the Python
+# value the per-row path gets (the segment writer then minifies both the same way: tests/test_upload_paths.py).
+def _plain_json_type(t: pa.DataType) -> bool:
+    return (
+        _is_text(t)
+        or pa.types.is_integer(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_float64(t)
+        or pa.types.is_null(t)
+    )
+
+
+class ColumnarRows:
+    """The rows of Arrow batches (Parquet, Arrow, Hugging Face, CSV) normalised a batch at a time in DuckDB,
+    where the per-row path would take each row as it is: text prompt and response, a row id that is text or
+    missing, metadata that is either a JSON object per row or built from plain columns. A batch with any row
+    the per-row path would refuse or change (a missing prompt, an empty row id, metadata that is not an
+    object, repeats a key, holds a null the per-row path drops, or gives a known key the wrong type) is not
+    taken (`batch` gives None) and goes through the per-row path, which names the row. `plan` gives None for
+    sources it cannot take at all (chat columns, other column types)."""
+
+    def __init__(
+        self, schema: pa.Schema, sql: str, prompt: str, response: str, row_id: str | None, flag: str | None
+    ) -> None:
+        self.schema = schema
+        self.sql = sql
+        self.prompt, self.response, self.row_id, self.flag = prompt, response, row_id, flag
+        self._con: Any = None
+
+    @classmethod
+    def plan(
+        cls,
+        schema: pa.Schema,
+        mapping: Mapping,
+        *,
+        chat: bool,
+        flag: bool,
+        drop_meta_nulls: bool,
+        empty_prompt: bool = True,
+    ) -> ColumnarRows | None:
+        names = schema.names
+        pf, rf, idf = mapping.prompt, mapping.response, mapping.row_id_field
+        if chat or len(set(names)) != len(names) or len({pf, rf, idf, "metadata"}) != 4:
+            return None
+        if pf not in names or rf not in names:
+            return None
+        if not (_is_text(schema.field(pf).type) and _is_text(schema.field(rf).type)):
+            return None
+        if idf in names and not _is_text(schema.field(idf).type):
+            return None
+        skip = {pf, rf, idf, "metadata"} | ({"prompt_messages"} if flag else set())
+        if mapping.metadata_fields is None:
+            extras = [n for n in names if n not in skip]
+        else:
+            extras = [n for n in mapping.metadata_fields if n in names and n not in skip]
+        has_meta = "metadata" in names
+        if has_meta and (extras or not _is_text(schema.field("metadata").type)):
+            return None  # merging the two, or a struct: the per-row path
+        if not all(_plain_json_type(schema.field(n).type) for n in extras):
+            return None
+        ok = [f"{_ident(pf)} IS NOT NULL", f"{_ident(rf)} IS NOT NULL"]
+        if not empty_prompt:  # CSV: an empty cell is a missing prompt
+            ok.append(f"{_ident(pf)} <> ''")
+        if idf in names:
+            ok.append(f"({_ident(idf)} IS NULL OR {_ident(idf)} <> '')")
+        if flag:
+            ok.append('"prompt_messages" IS NOT TRUE')
+        meta_ok = ["true"]
+        if has_meta:
+            m = '"metadata"'
+            meta = f"CASE WHEN {m} IS NULL OR {m} = '' THEN '{{}}' ELSE {m} END"
+            # an object (json_type raises on text that is not JSON: the batch then goes row by row), each
+            # key once (Python keeps the last of repeated keys), no top-level null where Parquet rows drop them
+            meta_ok = [
+                "json_type(metadata) = 'OBJECT'",
+                "len(json_keys(metadata)) = len(list_distinct(json_keys(metadata)))",
+                f"NOT regexp_matches(metadata, {_literal(LENIENT_JSON_RE)})",
+            ]
+            if drop_meta_nulls:
+                meta_ok.append("NOT list_contains(json_type(metadata, '$.*'), 'NULL')")
+        elif extras:
+            meta = "json_object(" + ", ".join(f"{_literal(n)}, {_ident(n)}" for n in extras) + ")"
+            ok += [
+                f"({_ident(n)} IS NULL OR isfinite({_ident(n)}))"
+                for n in extras
+                if pa.types.is_float64(schema.field(n).type)
+            ]
+        else:
+            meta = "'{}'"
+        from opentracy.store.segments import _META_PROBLEM_SQL, _META_STRUCT_SQL
+
+        sql = (
+            f"WITH x AS (SELECT {meta} AS metadata, false AS deleted, {' AND '.join(ok)} AS ok FROM b), "
+            f"y AS (SELECT *, {_META_STRUCT_SQL} AS _m FROM x) "
+            f"SELECT CASE WHEN ok AND {' AND '.join(meta_ok)} AND ({_META_PROBLEM_SQL}) IS NULL THEN metadata "
+            "ELSE error('opentracy: row by row') END AS metadata FROM y"
+        )
+        return cls(schema, sql, pf, rf, idf if idf in names else None, "prompt_messages" if flag else None)
+
+    def batch(self, b: pa.RecordBatch | pa.Table) -> pa.Table | None:
+        """The batch as BATCH_SCHEMA rows, or None when a row in it needs the per-row path."""
+        import duckdb
+
+        if self._con is None:
+            from opentracy.store.segments import duck
+
+            self._con = duck(memory_limit="256MB")
+        if not b.schema.equals(self.schema):  # a later file of a folder, typed otherwise
+            return None
+        n = b.num_rows
+        try:
+            self._con.register("b", b)
+            try:
+                meta = self._con.sql(self.sql).to_arrow_table().column(0)
+            finally:
+                self._con.unregister("b")
+        except (duckdb.Error, pa.ArrowException):
+            return None
+        names = b.schema.names
+        rid = (
+            b.column(names.index(self.row_id)).cast(pa.string()) if self.row_id else pa.nulls(n, pa.string())
+        )
+        return pa.table(
+            [
+                rid,
+                b.column(names.index(self.prompt)).cast(pa.string()),
+                from_numpy(np.zeros(n, dtype=bool)),
+                b.column(names.index(self.response)).cast(pa.string()),
+                meta.cast(pa.string()),
+            ],
+            schema=BATCH_SCHEMA,
+        )
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
 def read_tables(
     tables: Iterator[tuple[pa.RecordBatch, float]],
     schema: pa.Schema,
@@ -920,7 +1137,8 @@ def read_tables(
     *,
     chat: bool = False,
 ) -> Iterator[Batch]:
-    """Rows from Arrow record batches (Parquet, Arrow, HF). Row numbers count from 1 across the source."""
+    """Rows from Arrow record batches (Parquet, Arrow, HF). Row numbers count from 1 across the source.
+    Batches whose rows need nothing of the per-row path are normalised in DuckDB (`ColumnarRows`)."""
     _check_columns(schema, mapping, name, chat)
     norm = Normaliser(mapping, errors, chat=chat)
     # Our own Parquet export: `prompt` is text, JSON of the chat messages where `prompt_messages` is true.
@@ -930,10 +1148,56 @@ def read_tables(
         and "prompt_messages" in schema.names
         and pa.types.is_boolean(schema.field("prompt_messages").type)
     )
-    row = 0
+    fast = ColumnarRows.plan(schema, mapping, chat=chat, flag=flag, drop_meta_nulls=True)
+    try:
+        yield from _read_tables(tables, mapping, errors, norm, flag, fast)
+    finally:
+        if fast is not None:
+            fast.close()
+
+
+# Rows normalised at a time from columnar sources: `datasets.save_to_disk` writes 1,000-row record batches,
+# and each DuckDB query costs a few milliseconds to plan.
+TABLE_BATCH_ROWS = 32_768
+
+
+def _gathered_tables(
+    tables: Iterator[tuple[pa.RecordBatch, float]], rows: int
+) -> Iterator[tuple[pa.Table, float]]:
+    """Record batches joined into tables of at least `rows` rows (the last may be smaller; a batch whose
+    schema differs from the ones waiting starts a new table)."""
+    pending: list[pa.RecordBatch] = []
+    waiting, progress = 0, 0.0
     for rb, progress in tables:
+        if pending and not rb.schema.equals(pending[0].schema):
+            yield pa.Table.from_batches(pending), progress
+            pending, waiting = [], 0
+        pending.append(rb)
+        waiting += rb.num_rows
+        if waiting >= rows:
+            yield pa.Table.from_batches(pending), progress
+            pending, waiting = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending), progress
+
+
+def _read_tables(
+    tables: Iterator[tuple[pa.RecordBatch, float]],
+    mapping: Mapping,
+    errors: Errors,
+    norm: Normaliser,
+    flag: bool,
+    fast: ColumnarRows | None,
+) -> Iterator[Batch]:
+    row = 0
+    for rb, progress in _gathered_tables(tables, TABLE_BATCH_ROWS) if fast is not None else tables:
+        t = fast.batch(rb) if fast is not None else None
+        if t is not None:
+            yield Batch(t, range(row + 1, row + rb.num_rows + 1), progress)
+            row += rb.num_rows
+            continue
         b = _Builder()
-        meta_is_text = "metadata" in rb.schema.names and pa.types.is_string(rb.schema.field("metadata").type)
+        meta_is_text = "metadata" in rb.schema.names and _is_text(rb.schema.field("metadata").type)
         for rec in rb.to_pylist():
             row += 1
             if flag and rec.pop("prompt_messages", None) and isinstance(rec.get("prompt"), str):
@@ -959,9 +1223,7 @@ def read_tables(
         yield b.batch(progress)
 
 
-def parquet_batches(
-    path: Path, batch_rows: int = 50_000
-) -> tuple[pa.Schema, Iterator[tuple[pa.RecordBatch, float]]]:
+def parquet_batches(path: Path) -> tuple[pa.Schema, Iterator[tuple[pa.RecordBatch, float]]]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
@@ -969,7 +1231,7 @@ def parquet_batches(
 
     def gen() -> Iterator[tuple[pa.RecordBatch, float]]:
         done = 0
-        for rb in pf.iter_batches(batch_size=batch_rows):
+        for rb in pf.iter_batches(batch_size=TABLE_BATCH_ROWS):
             done += rb.num_rows
             yield rb, done / total
 
@@ -1010,7 +1272,7 @@ def _concat_parquet(paths: list[Path]) -> tuple[pa.Schema, Iterator[tuple[pa.Rec
 
     def gen() -> Iterator[tuple[pa.RecordBatch, float]]:
         for i, p in enumerate(paths):
-            for rb in pq.ParquetFile(p).iter_batches(batch_size=50_000):
+            for rb in pq.ParquetFile(p).iter_batches(batch_size=TABLE_BATCH_ROWS):
                 yield rb, i / len(paths)
 
     return schema, gen()

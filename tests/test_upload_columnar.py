@@ -1,0 +1,369 @@
+"""Columnar sources (Parquet, Arrow, Hugging Face folders) normalised a batch at a time in DuckDB store the same
+rows, and refuse the same rows with the same messages, as the per-row path."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import struct
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_upload_paths import TRICKY, _stored
+
+from opentracy.datasets import formats
+from opentracy.engine import Engine
+from opentracy.errors import InvalidInput
+
+
+@pytest.fixture(autouse=True)
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(formats, "TABLE_BATCH_ROWS", 4)  # several batches in every file here
+
+
+@pytest.fixture
+def fast_batches(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """For every batch from now on: whether DuckDB normalised it (False: the per-row path took it)."""
+    seen: list[bool] = []
+    real = formats.ColumnarRows.batch
+
+    def spy(self, b):  # type: ignore[no-untyped-def]
+        t = real(self, b)
+        seen.append(t is not None)
+        return t
+
+    monkeypatch.setattr(formats.ColumnarRows, "batch", spy)
+    return seen
+
+
+def _both(engine: Engine, monkeypatch: pytest.MonkeyPatch, path: Path, name: str, **kw) -> tuple:  # type: ignore[no-untyped-def]
+    """Upload `path` through both paths; (rows stored by the batch path, by the per-row path)."""
+    engine.datasets.upload(f"{name}-fast", path, **kw)
+    with monkeypatch.context() as m:
+        m.setattr(formats.ColumnarRows, "plan", classmethod(lambda cls, *a, **k: None))
+        engine.datasets.upload(f"{name}-rows", path, **kw)
+    return _stored(engine, f"{name}-fast"), _stored(engine, f"{name}-rows")
+
+
+def _export_like() -> pa.Table:
+    rows = []
+    for i, r in enumerate(TRICKY * 2):
+        meta = r.get("metadata")
+        rows.append(
+            {
+                "row_id": f"{r['row_id']}-{i}" if "row_id" in r else None,
+                "prompt": r["prompt"],
+                "prompt_messages": False if i % 3 else None,
+                "response": r["response"],
+                # JSON text in several layouts, or nothing: '' and null read as {}
+                "metadata": None
+                if meta is None
+                else json.dumps(
+                    meta, ensure_ascii=i % 2 == 0, separators=(",", ":") if i % 4 else (", ", ": ")
+                ),
+            }
+        )
+    rows[1]["metadata"] = ""
+    return pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                ("row_id", pa.string()),
+                ("prompt", pa.string()),
+                ("prompt_messages", pa.bool_()),
+                ("response", pa.string()),
+                ("metadata", pa.string()),
+            ]
+        ),
+    )
+
+
+def test_our_parquet_export_layout_is_stored_alike_by_both_paths(
+    engine, tmp_path: Path, monkeypatch, fast_batches: list[bool]
+) -> None:
+    path = tmp_path / "export.parquet"
+    pq.write_table(_export_like(), path)
+    fast, rows = _both(engine, monkeypatch, path, "exp")
+    assert fast == rows and len(fast) == 18
+    assert fast_batches and all(fast_batches)  # every batch normalised in DuckDB
+
+
+def _plain_columns(n: int) -> pa.Table:
+    floats = [0.1, 1e20, -0.0, 5e-324, 1.7976931348623157e308, 123456.789, 1.0, 2.5e-7, None]
+    return pa.table(
+        {
+            "question": [f'question {i} «{"é" * (i % 3)}» "quoted"\n\t' for i in range(n)],
+            "answer": ["" if i == 2 else f"answer {i}" for i in range(n)],
+            "prompt": [f"a column named prompt {i}" for i in range(n)],
+            "category": [None if i == 4 else f"cat-{i % 3}" for i in range(n)],
+            "n": pa.array([i * 10**15 - 7 for i in range(n)], pa.int64()),
+            "u": pa.array([2**64 - 1 - i for i in range(n)], pa.uint64()),
+            "x": pa.array([floats[i % len(floats)] for i in range(n)], pa.float64()),
+            "ok": [i % 2 == 0 for i in range(n)],
+            "nothing": pa.nulls(n),
+            "cluster_id": pa.array([i % 4 for i in range(n)], pa.int32()),
+            "judge_score": pa.array([i / 7 for i in range(n)], pa.float64()),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [
+        {"prompt_field": "question", "response_field": "answer"},
+        {"prompt_field": "question", "response_field": "answer", "metadata_fields": ["x", "category", "n"]},
+        {"metadata_fields": ["ok"], "response_field": "answer"},
+    ],
+    ids=["all-columns", "some-columns", "prompt-column"],
+)
+def test_plain_columns_become_the_same_metadata_on_both_paths(
+    engine, tmp_path: Path, monkeypatch, fast_batches: list[bool], mapping: dict
+) -> None:
+    path = tmp_path / "plain.parquet"
+    pq.write_table(_plain_columns(18), path)
+    fast, rows = _both(engine, monkeypatch, path, "plain", **mapping)
+    assert fast == rows and len(fast) == 18
+    assert all(fast_batches) and len(fast_batches) == 5
+    meta = engine.datasets.rows("plain-fast", limit=1).rows[0].metadata
+    if "metadata_fields" not in mapping:
+        assert meta["u"] == 2**64 - 1 and meta["nothing"] is None and meta["prompt"].startswith("a column")
+        assert meta["cluster_id"] == 0 and meta["x"] == 0.1
+
+
+def test_floats_are_written_alike_by_both_paths(engine, tmp_path: Path, monkeypatch) -> None:
+    rng = random.Random(7)
+    xs: list[float] = []
+    while len(xs) < 400:
+        x = struct.unpack("<d", rng.randbytes(8))[0]  # any bit pattern: tiny, huge, subnormal
+        if math.isfinite(x):
+            xs.append(x)
+    xs += [rng.uniform(-1000, 1000) for _ in range(200)] + [round(rng.uniform(0, 1), 3) for _ in range(200)]
+    n = len(xs)
+    t = pa.table(
+        {"prompt": [f"p{i}" for i in range(n)], "response": ["r"] * n, "x": pa.array(xs, pa.float64())}
+    )
+    path = tmp_path / "floats.parquet"
+    pq.write_table(t, path)
+    monkeypatch.setattr(formats, "TABLE_BATCH_ROWS", 256)
+    engine.datasets.upload("floats-fast", path)
+    with monkeypatch.context() as m:
+        m.setattr(formats.ColumnarRows, "plan", classmethod(lambda cls, *a, **k: None))
+        engine.datasets.upload("floats-rows", path)
+    a, b = (engine.datasets.rows(name, limit=1000).rows for name in ("floats-fast", "floats-rows"))
+    assert [r.metadata for r in a] == [r.metadata for r in b]
+    assert [r.metadata["x"] for r in a] == xs
+
+
+def test_large_string_columns_are_taken_as_text(engine, tmp_path: Path, monkeypatch, fast_batches) -> None:
+    """Hugging Face datasets often type text as large_string; the metadata column then is JSON text too."""
+    t = _export_like()
+    t = t.cast(
+        pa.schema(
+            [pa.field(f.name, pa.large_string() if f.type == pa.string() else f.type) for f in t.schema]
+        )
+    )
+    path = tmp_path / "large.parquet"
+    pq.write_table(t, path)
+    fast, rows = _both(engine, monkeypatch, path, "large")
+    assert fast == rows and len(fast) == 18 and all(fast_batches)
+    assert engine.datasets.rows("large-rows", limit=100).rows[5].metadata["cluster_id"] == 3
+
+
+BAD_ROWS = [
+    ("prompt", None, "missing prompt (field 'prompt')"),
+    ("response", None, "missing response (field 'response')"),
+    ("row_id", "", "field 'row_id' must not be empty"),
+    ("metadata", "[1, 2]", "metadata must be an object, not array"),
+    ("metadata", "{not json", "column 'metadata' must hold a JSON object"),
+    ("metadata", '{"a": [1, 2,]}', "column 'metadata' must hold a JSON object"),  # DuckDB would take it
+    ("metadata", '{"tags": "one"}', "metadata.tags must be a list of strings"),
+    ("metadata", '{"judge_score": "high"}', "metadata.judge_score must be a number"),
+    ("prompt_messages", True, "column 'prompt' must hold JSON messages where 'prompt_messages' is true"),
+]
+
+
+@pytest.mark.parametrize("column,value,message", BAD_ROWS, ids=[f"{c}={v!r}" for c, v, _ in BAD_ROWS])
+def test_a_bad_row_is_named_by_its_row_number(
+    engine, tmp_path: Path, monkeypatch, column: str, value: object, message: str
+) -> None:
+    rows = _export_like().to_pylist()
+    rows[9][column] = value  # row 10, in the third batch of four rows
+    rows[15]["response"] = None  # a later bad row, in a batch DuckDB would refuse too
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=_export_like().schema), path)
+    for per_row in (False, True):
+        with monkeypatch.context() as m:
+            if per_row:
+                m.setattr(formats.ColumnarRows, "plan", classmethod(lambda cls, *a, **k: None))
+            with pytest.raises(InvalidInput) as e:
+                engine.datasets.upload("bad", path)
+        assert "bad.parquet" in str(e.value) and "row 10" in str(e.value) and message in str(e.value)
+    assert engine.datasets.list()[0] == []
+    # skipping: both paths store the same rows and list the same bad ones
+    fast, per_row = _both(engine, monkeypatch, path, "skip", on_error="skip")
+    assert fast == per_row and len(fast) == 16
+
+
+def test_rows_the_per_row_path_changes_are_left_to_it(
+    engine, tmp_path: Path, monkeypatch, fast_batches
+) -> None:
+    """Metadata with a null value (dropped per row) or a repeated key (the last kept) is not taken as is."""
+    rows = _export_like().to_pylist()
+    rows[2]["metadata"] = '{"a": null, "b": 1}'
+    rows[6]["metadata"] = '{"a": 1, "a": 2}'
+    rows[13]["metadata"] = '  {"padded": true}  '
+    rows[17]["metadata"] = '{"x": NaN, "y": 1e400}'  # Python reads nan and inf (then stored as null)
+    path = tmp_path / "changed.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=_export_like().schema), path)
+    fast, per_row = _both(engine, monkeypatch, path, "changed")
+    assert fast == per_row
+    assert fast_batches == [False, False, True, False, False]
+    by_pos = engine.datasets.rows("changed-fast", limit=100).rows
+    assert (
+        by_pos[2].metadata == {"b": 1}
+        and by_pos[6].metadata == {"a": 2}
+        and by_pos[13].metadata == {"padded": True}
+        and by_pos[17].metadata == {"x": None, "y": None}
+    )
+
+
+def test_a_nan_or_an_unsupported_column_type_takes_the_per_row_path(
+    engine, tmp_path: Path, monkeypatch, fast_batches
+) -> None:
+    t = pa.table(
+        {"prompt": ["a", "b", "c", "d", "e"], "response": ["r"] * 5, "x": [1.0, float("nan"), 2.0, 3.0, 4.0]}
+    )
+    pq.write_table(t, tmp_path / "nan.parquet")
+    fast, per_row = _both(engine, monkeypatch, tmp_path / "nan.parquet", "nan")
+    assert fast == per_row and fast_batches == [False, True]
+    fast_batches.clear()
+    t = pa.table({"prompt": ["a"], "response": ["r"], "when": pa.array([1], pa.timestamp("s"))})
+    pq.write_table(t, tmp_path / "ts.parquet")
+    fast, per_row = _both(engine, monkeypatch, tmp_path / "ts.parquet", "ts")
+    assert fast == per_row and fast_batches == []  # not planned at all
+
+
+def test_save_to_disk_batches_are_gathered(engine, tmp_path: Path, monkeypatch, fast_batches) -> None:
+    import datasets
+
+    monkeypatch.setattr(formats, "TABLE_BATCH_ROWS", 5_000)
+    n = 12_345
+    ds = datasets.Dataset.from_dict(
+        {
+            "prompt": [f"p{i}" for i in range(n)],
+            "response": [f"r{i}" for i in range(n)],
+            "label": list(range(n)),
+        }
+    )
+    ds.save_to_disk(str(tmp_path / "hf"))  # record batches of 1,000 rows
+    res = engine.datasets.upload("hf", tmp_path / "hf")
+    assert res.rows_added == n
+    assert fast_batches == [True, True, True]
+    page = engine.datasets.rows("hf", where={"label": str(n - 1)}).rows
+    assert [(r.prompt, r.response, r.metadata) for r in page] == [
+        (f"p{n - 1}", f"r{n - 1}", {"label": n - 1})
+    ]
+
+
+# CSV: parsed by Python's csv module as before; the parsed records are then normalised a batch at a time.
+
+
+def _csv(path: Path, rows: list[list[str]], crlf: bool = False, bom: bool = False) -> Path:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\r\n" if crlf else "\n").writerows(rows)
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + buf.getvalue().encode())
+    return path
+
+
+def _csv_rows() -> list[list[str]]:
+    rows = [["row_id", "prompt", "response", "metadata"]]
+    for i, r in enumerate(TRICKY * 2):
+        meta = r.get("metadata")
+        rows.append(
+            [
+                f"{r['row_id']}-{i}" if "row_id" in r else "",  # empty: an id is generated
+                r["prompt"] + ("\nover\r\nthree lines" if i % 5 == 0 else ""),
+                r["response"],
+                "" if meta is None else json.dumps(meta, ensure_ascii=i % 2 == 0),
+            ]
+        )
+    return rows
+
+
+@pytest.mark.parametrize("layout", ["lf", "crlf-bom"])
+def test_csv_records_are_stored_alike_by_both_paths(
+    engine, tmp_path: Path, monkeypatch, fast_batches: list[bool], layout: str
+) -> None:
+    path = _csv(tmp_path / "rows.csv", _csv_rows(), crlf=layout != "lf", bom=layout != "lf")
+    fast, rows = _both(engine, monkeypatch, path, "csv")
+    assert fast == rows and len(fast) == 18 and fast_batches and all(fast_batches)
+    assert sum(r[0] == "r_<generated>" for r in fast) == 4
+
+
+def test_csv_columns_become_metadata_alike(engine, tmp_path: Path, monkeypatch, fast_batches) -> None:
+    src = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77" / "test.csv"
+    lines = src.read_text(encoding="utf-8").splitlines(keepends=True)[:40]
+    path = tmp_path / "banking.csv"
+    path.write_text("".join(lines), encoding="utf-8")
+    # no response column in banking77: the intent is the response here, and the text stays in metadata too
+    fast, rows = _both(engine, monkeypatch, path, "bank", prompt_field="text", response_field="category")
+    assert fast == rows and len(fast) == 39 and all(fast_batches)
+    fast, rows = _both(engine, monkeypatch, path, "bank2", prompt_field="text", response_field="text")
+    assert fast == rows and len(fast) == 39  # one column as both: the per-row path's
+    assert engine.datasets.rows("bank2-fast", limit=1).rows[0].metadata == {"category": "card_arrival"}
+
+
+CSV_BAD = [
+    (5, ["x", "", "r", "{}"], "missing prompt"),
+    (5, ["x", "p", "r"], "expected 4 fields, found 3"),
+    (5, ["x", "p", "r", '{"a": 1,}'], "column 'metadata' must hold a JSON object"),
+    (5, ["x", "p", "r", '{"tags": [1]}'], "metadata.tags must be a list of strings"),
+    (5, ["x", "p", "r", "[]"], "metadata must be an object"),
+]
+
+
+@pytest.mark.parametrize("at,record,message", CSV_BAD, ids=[m for _, _, m in CSV_BAD])
+def test_a_bad_csv_record_is_named_by_its_line(
+    engine, tmp_path: Path, monkeypatch, at: int, record: list[str], message: str
+) -> None:
+    rows = _csv_rows()
+    rows.insert(at + 1, record)  # after records spanning several lines
+    rows[16][2] = ""  # a later record with an empty response is fine; one with an empty prompt is not
+    rows[17][1] = ""
+    path = _csv(tmp_path / "bad.csv", rows)
+    # the header, then each record before it with the lines its values span
+    line = 2 + sum(1 + "".join(r).count("\n") for r in rows[1 : at + 1])
+    assert line == 10
+    for per_row in (False, True):
+        with monkeypatch.context() as m:
+            if per_row:
+                m.setattr(formats.ColumnarRows, "plan", classmethod(lambda cls, *a, **k: None))
+            with pytest.raises(InvalidInput) as e:
+                engine.datasets.upload("bad", path)
+        assert f"bad.csv, line {line}" in str(e.value) and message in str(e.value), str(e.value)
+    assert engine.datasets.list()[0] == []
+    fast, per_row = _both(engine, monkeypatch, path, "skip", on_error="skip")
+    assert fast == per_row and len(fast) == 17
+
+
+def test_csv_problems_are_met_in_file_order(engine, tmp_path: Path, monkeypatch) -> None:
+    """A record refused while parsing (a wrong field count) comes after a waiting record with bad metadata:
+    the waiting records are normalised first, so the earlier problem is the one named."""
+    rows = [["prompt", "response", "metadata"]] + [[f"p{i}", "r", "{}"] for i in range(9)]
+    rows[6][2] = '{"judge_score": "high"}'  # line 7, the second record of the second batch
+    rows[7] = ["p", "r"]  # line 8
+    path = _csv(tmp_path / "order.csv", rows)
+    for per_row in (False, True):
+        with monkeypatch.context() as m:
+            if per_row:
+                m.setattr(formats.ColumnarRows, "plan", classmethod(lambda cls, *a, **k: None))
+            with pytest.raises(InvalidInput, match="order.csv, line 7: metadata.judge_score"):
+                engine.datasets.upload("order", path)
+    res = engine.datasets.upload("order", path, on_error="skip")
+    assert [i["line"] for i in res.skipped_items] == [7, 8] and res.rows_added == 7
