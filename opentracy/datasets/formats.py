@@ -637,9 +637,9 @@ def _digests(col: pa.ChunkedArray) -> pa.ChunkedArray:
     )
 
 
-def duck_jsonl_sql(path: str, compression: str, template: str = _DUCK_JSONL_SQL) -> str:
+def duck_jsonl_sql(path: str, compression: str, template: str | None = None) -> str:
     """The decode query over one file (`path` quoted for SQL already)."""
-    return template.format(path=path, compression=compression, lenient=LENIENT_JSON_RE.replace("'", "''"))
+    return (template or _DUCK_JSONL_SQL).format(path=path, compression=compression, lenient=LENIENT_JSON_RE.replace("'", "''"))
 
 
 def decode_connection() -> Any:
