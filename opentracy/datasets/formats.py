@@ -639,7 +639,9 @@ def _digests(col: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def duck_jsonl_sql(path: str, compression: str, template: str | None = None) -> str:
     """The decode query over one file (`path` quoted for SQL already)."""
-    return (template or _DUCK_JSONL_SQL).format(path=path, compression=compression, lenient=LENIENT_JSON_RE.replace("'", "''"))
+    return (template or _DUCK_JSONL_SQL).format(
+        path=path, compression=compression, lenient=LENIENT_JSON_RE.replace("'", "''")
+    )
 
 
 def decode_connection() -> Any:
@@ -1057,18 +1059,17 @@ class ColumnarRows:
         if flag:
             ok.append('"prompt_messages" IS NOT TRUE')
         meta_ok = ["true"]
+        keys = "NULL"
         if has_meta:
             m = '"metadata"'
             meta = f"CASE WHEN {m} IS NULL OR {m} = '' THEN '{{}}' ELSE {m} END"
-            # an object (json_type raises on text that is not JSON: the batch then goes row by row), each
-            # key once (Python keeps the last of repeated keys), no top-level null where Parquet rows drop them
-            meta_ok = [
-                "json_type(metadata) = 'OBJECT'",
-                "len(json_keys(metadata)) = len(list_distinct(json_keys(metadata)))",
-                f"NOT regexp_matches(metadata, {_literal(LENIENT_JSON_RE)})",
-            ]
-            if drop_meta_nulls:
-                meta_ok.append("NOT list_contains(json_type(metadata, '$.*'), 'NULL')")
+            # JSON (json_keys raises on anything else: the batch then goes row by row) and an object (the
+            # metadata checks below want a '{' first), each key once (Python keeps the last of repeated
+            # keys), nothing only DuckDB reads, and where Parquet rows drop null values, no null (a `: null`
+            # inside a string only costs the detour)
+            keys = "json_keys(metadata)"
+            lenient = LENIENT_JSON_RE + (r"|:\s*null\s*[,}]" if drop_meta_nulls else "")
+            meta_ok = ["len(_k) = list_unique(_k)", f"NOT regexp_matches(metadata, {_literal(lenient)})"]
         elif extras:
             meta = "json_object(" + ", ".join(f"{_literal(n)}, {_ident(n)}" for n in extras) + ")"
             ok += [
@@ -1082,7 +1083,7 @@ class ColumnarRows:
 
         sql = (
             f"WITH x AS (SELECT {meta} AS metadata, false AS deleted, {' AND '.join(ok)} AS ok FROM b), "
-            f"y AS (SELECT *, {_META_STRUCT_SQL} AS _m FROM x) "
+            f"y AS (SELECT *, {_META_STRUCT_SQL} AS _m, {keys} AS _k FROM x) "
             f"SELECT CASE WHEN ok AND {' AND '.join(meta_ok)} AND ({_META_PROBLEM_SQL}) IS NULL THEN metadata "
             "ELSE error('opentracy: row by row') END AS metadata FROM y"
         )
