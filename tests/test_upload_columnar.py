@@ -307,8 +307,9 @@ def test_csv_records_are_stored_alike_by_both_paths(
 
 
 def test_csv_columns_become_metadata_alike(engine, tmp_path: Path, monkeypatch, fast_batches) -> None:
-    src = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77" / "test.csv"
-    lines = src.read_text(encoding="utf-8").splitlines(keepends=True)[:40]
+    from opentracy.demo_data import BANKING77
+
+    lines = (BANKING77 / "test.csv").read_text(encoding="utf-8").splitlines(keepends=True)[:40]
     path = tmp_path / "banking.csv"
     path.write_text("".join(lines), encoding="utf-8")
     # no response column in banking77: the intent is the response here, and the text stays in metadata too
