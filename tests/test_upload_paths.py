@@ -474,14 +474,18 @@ def test_arrow_helpers_match_pyarrow_and_refuse_what_they_cannot_convert() -> No
 def test_text_that_only_looks_like_lenient_json_stays_on_the_duckdb_decoder(
     tmp_path: Path, monkeypatch
 ) -> None:
-    """Hex ids ("t_5e839": an e and three digits) and words such as ",info" are no number and no Infinity:
-    a file full of them must not be sent to the line-by-line path."""
+    """Hex ids ("t_5e839": an e and three digits), words such as ",info", and — in lines the decoder checks
+    with their strings blanked out — code with trailing commas or NaN in a prompt, are no lenient JSON: such
+    a file must not be sent to the line-by-line path."""
     refused = _record_refusals(monkeypatch)
     rows = [
-        {"row_id": f"h{i}", "prompt": "info: nanny, 5e400 [e839]", "response": "r",
-         "metadata": {"source_trace_id": f"t_{i:04d}e839ab", "note": "a,info:infinite", "n": [1e300, -2.5e-307]}}
+        {"row_id": f"h{i}", "prompt": "info: nanny, 5e400 [e839] x = [1, 2,]; y = {'a': NaN, }; café",
+         "response": "r: inf, done", "metadata": {"source_trace_id": f"t_{i:04d}e839ab", "note": "a,info:infinite",
+                                                   "n": [1e300, -2.5e-307]}}
         for i in range(50)
     ]  # fmt: skip
-    src = _write(tmp_path / "hex.jsonl", rows, ensure_ascii=False, spaced=True)
-    batches = list(formats.duck_jsonl(formats.SourceFile(src)))
-    assert sum(b.table.num_rows for b in batches) == 50 and refused == []
+    for ensure_ascii in (True, False):  # é escaped: lines the decoder cannot prove canonical
+        src = _write(tmp_path / "hex.jsonl", rows, ensure_ascii=ensure_ascii, spaced=True)
+        batches = list(formats.duck_jsonl(formats.SourceFile(src)))
+        assert sum(b.table.num_rows for b in batches) == 50 and refused == []
+        assert batches[0].table.column("prompt")[0].as_py() == rows[0]["prompt"]

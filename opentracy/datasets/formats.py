@@ -582,7 +582,8 @@ SELECT row_id, prompt, false AS prompt_messages, response, coalesce(metadata, '{
 FROM k
 WHERE CASE
   WHEN prompt IS NULL OR response IS NULL OR row_id = '' OR (metadata IS NOT NULL AND NOT prefix(metadata, '{{'))
-    OR regexp_matches(CASE WHEN canonical THEN metadata ELSE line END, '{lenient}')
+    OR regexp_matches(CASE WHEN canonical THEN metadata ELSE regexp_replace(line, '"(?:[^"\\\\]|\\\\.)*"', '""', 'g') END,
+                      '{lenient}')
     OR (NOT canonical AND (k IS NULL OR NOT list_has_all(['row_id', 'prompt', 'response', 'metadata'], k)
                            OR len(k) <> len(list_distinct(k)) OR t[2] <> 'VARCHAR' OR t[3] <> 'VARCHAR'
                            OR t[1] NOT IN ('VARCHAR', 'NULL') OR t[4] NOT IN ('OBJECT', 'NULL')))
@@ -590,9 +591,10 @@ WHERE CASE
 """
 # What DuckDB's JSON reader takes beyond the JSON standard (which the line-by-line readers hold to): trailing
 # commas, NaN and Infinity (any case), and numbers with exponents from 308 up, which Python reads as inf or
-# 0.0 where DuckDB keeps their text. JSON text holding one of these token sequences goes to the careful path;
-# a string that happens to hold one too (text such as `x, ]` or `a:nan}`) only costs that detour. Hex ids such
-# as "t_5e839" do not: a number follows `:`, `,` or `[` and ends before `,`, `]` or `}`.
+# 0.0 where DuckDB keeps their text. JSON text holding one of these token sequences goes to the careful path.
+# The decoder looks for them in a line with its strings blanked out (only in the metadata of a line proven
+# canonical, where a string that happens to hold one, such as `x, ]` or `a:nan}`, costs that detour). Hex ids
+# such as "t_5e839" never match: a number follows `:`, `,` or `[` and ends before `,`, `]` or `}`.
 _END = r"\s*[,\]}]"
 LENIENT_JSON_RE = (
     r",\s*[\]}]"
