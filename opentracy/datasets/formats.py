@@ -1010,16 +1010,15 @@ class ColumnarRows:
     where the per-row path would take each row as it is: text prompt and response, a row id that is text or
     missing, metadata that is either a JSON object per row or built from plain columns. A batch with any row
     the per-row path would refuse or change (a missing prompt, an empty row id, metadata that is not an
-    object, repeats a key, holds a null the per-row path drops, or gives a known key the wrong type) is not
+    object, repeats a key, holds a null the per-row path drops or JSON only DuckDB reads, or gives a known
+    key the wrong type) is not
     taken (`batch` gives None) and goes through the per-row path, which names the row. `plan` gives None for
     sources it cannot take at all (chat columns, other column types)."""
 
-    def __init__(
-        self, schema: pa.Schema, sql: str, prompt: str, response: str, row_id: str | None, flag: str | None
-    ) -> None:
+    def __init__(self, schema: pa.Schema, sql: str, prompt: str, response: str, row_id: str | None) -> None:
         self.schema = schema
         self.sql = sql
-        self.prompt, self.response, self.row_id, self.flag = prompt, response, row_id, flag
+        self.prompt, self.response, self.row_id = prompt, response, row_id
         self._con: Any = None
 
     @classmethod
@@ -1089,7 +1088,7 @@ class ColumnarRows:
             f"SELECT CASE WHEN ok AND {' AND '.join(meta_ok)} AND ({_META_PROBLEM_SQL}) IS NULL THEN metadata "
             "ELSE error('opentracy: row by row') END AS metadata FROM y"
         )
-        return cls(schema, sql, pf, rf, idf if idf in names else None, "prompt_messages" if flag else None)
+        return cls(schema, sql, pf, rf, idf if idf in names else None)
 
     def batch(self, b: pa.RecordBatch | pa.Table) -> pa.Table | None:
         """The batch as BATCH_SCHEMA rows, or None when a row in it needs the per-row path."""
