@@ -3,11 +3,14 @@ rows, and refuse the same rows with the same messages, as the per-row path."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import struct
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,6 +18,7 @@ import pytest
 from test_upload_paths import TRICKY, _stored
 
 from opentracy.datasets import formats
+from opentracy.datasets.export import EXPORT_SCHEMA
 from opentracy.engine import Engine
 from opentracy.errors import InvalidInput
 
@@ -30,7 +34,7 @@ def fast_batches(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     seen: list[bool] = []
     real = formats.ColumnarRows.batch
 
-    def spy(self, b):  # type: ignore[no-untyped-def]
+    def spy(self: formats.ColumnarRows, b: pa.Table) -> pa.Table | None:
         t = real(self, b)
         seen.append(t is not None)
         return t
@@ -39,13 +43,34 @@ def fast_batches(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     return seen
 
 
-def _both(engine: Engine, monkeypatch: pytest.MonkeyPatch, path: Path, name: str, **kw) -> tuple:  # type: ignore[no-untyped-def]
-    """Upload `path` through both paths; (rows stored by the batch path, by the per-row path)."""
-    engine.datasets.upload(f"{name}-fast", path, **kw)
+@contextlib.contextmanager
+def _per_row(monkeypatch: pytest.MonkeyPatch, on: bool = True) -> Iterator[None]:
+    """Within: every source goes row by row (nothing is planned for DuckDB), when `on`."""
     with monkeypatch.context() as m:
-        m.setattr(formats.ColumnarRows, "plan", classmethod(lambda cls, *a, **k: None))
-        engine.datasets.upload(f"{name}-rows", path, **kw)
+        if on:
+            m.setattr(formats.ColumnarRows, "plan", classmethod(lambda cls, *a, **k: None))
+        yield
+
+
+def _both(engine: Engine, monkeypatch: pytest.MonkeyPatch, path: Path, name: str, **kw: Any) -> tuple:
+    """Upload `path` through both paths; (rows stored by the batch path, by the per-row path). When
+    skipping, both must also have listed the same bad records."""
+    fast = engine.datasets.upload(f"{name}-fast", path, **kw)
+    with _per_row(monkeypatch):
+        rows = engine.datasets.upload(f"{name}-rows", path, **kw)
+    assert fast.skipped_items == rows.skipped_items
     return _stored(engine, f"{name}-fast"), _stored(engine, f"{name}-rows")
+
+
+def _refusals(engine: Engine, monkeypatch: pytest.MonkeyPatch, path: Path) -> list[str]:
+    """The error each path gives for `path` (batch path first); nothing may be stored."""
+    out = []
+    for per_row in (False, True):
+        with _per_row(monkeypatch, per_row), pytest.raises(InvalidInput) as e:
+            engine.datasets.upload("refused", path)
+        out.append(str(e.value))
+    assert engine.datasets.list()[0] == []
+    return out
 
 
 def _export_like() -> pa.Table:
@@ -67,18 +92,7 @@ def _export_like() -> pa.Table:
             }
         )
     rows[1]["metadata"] = ""
-    return pa.Table.from_pylist(
-        rows,
-        schema=pa.schema(
-            [
-                ("row_id", pa.string()),
-                ("prompt", pa.string()),
-                ("prompt_messages", pa.bool_()),
-                ("response", pa.string()),
-                ("metadata", pa.string()),
-            ]
-        ),
-    )
+    return pa.Table.from_pylist(rows, schema=EXPORT_SCHEMA)
 
 
 def test_our_parquet_export_layout_is_stored_alike_by_both_paths(
@@ -149,8 +163,7 @@ def test_floats_are_written_alike_by_both_paths(engine, tmp_path: Path, monkeypa
     pq.write_table(t, path)
     monkeypatch.setattr(formats, "TABLE_BATCH_ROWS", 256)
     engine.datasets.upload("floats-fast", path)
-    with monkeypatch.context() as m:
-        m.setattr(formats.ColumnarRows, "plan", classmethod(lambda cls, *a, **k: None))
+    with _per_row(monkeypatch):
         engine.datasets.upload("floats-rows", path)
     a, b = (engine.datasets.rows(name, limit=1000).rows for name in ("floats-fast", "floats-rows"))
     assert [r.metadata for r in a] == [r.metadata for r in b]
@@ -193,15 +206,9 @@ def test_a_bad_row_is_named_by_its_row_number(
     rows[9][column] = value  # row 10, in the third batch of four rows
     rows[15]["response"] = None  # a later bad row, in a batch DuckDB would refuse too
     path = tmp_path / "bad.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=_export_like().schema), path)
-    for per_row in (False, True):
-        with monkeypatch.context() as m:
-            if per_row:
-                m.setattr(formats.ColumnarRows, "plan", classmethod(lambda cls, *a, **k: None))
-            with pytest.raises(InvalidInput) as e:
-                engine.datasets.upload("bad", path)
-        assert "bad.parquet" in str(e.value) and "row 10" in str(e.value) and message in str(e.value)
-    assert engine.datasets.list()[0] == []
+    pq.write_table(pa.Table.from_pylist(rows, schema=EXPORT_SCHEMA), path)
+    for refusal in _refusals(engine, monkeypatch, path):
+        assert "bad.parquet" in refusal and "row 10" in refusal and message in refusal, refusal
     # skipping: both paths store the same rows and list the same bad ones
     fast, per_row = _both(engine, monkeypatch, path, "skip", on_error="skip")
     assert fast == per_row and len(fast) == 16
@@ -217,7 +224,7 @@ def test_rows_the_per_row_path_changes_are_left_to_it(
     rows[13]["metadata"] = '  {"padded": true}  '
     rows[17]["metadata"] = '{"x": NaN, "y": 1e400}'  # Python reads nan and inf (then stored as null)
     path = tmp_path / "changed.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=_export_like().schema), path)
+    pq.write_table(pa.Table.from_pylist(rows, schema=EXPORT_SCHEMA), path)
     fast, per_row = _both(engine, monkeypatch, path, "changed")
     assert fast == per_row
     assert fast_batches == [False, False, True, False, False]
@@ -341,14 +348,8 @@ def test_a_bad_csv_record_is_named_by_its_line(
     # the header, then each record before it with the lines its values span
     line = 2 + sum(1 + "".join(r).count("\n") for r in rows[1 : at + 1])
     assert line == 10
-    for per_row in (False, True):
-        with monkeypatch.context() as m:
-            if per_row:
-                m.setattr(formats.ColumnarRows, "plan", classmethod(lambda cls, *a, **k: None))
-            with pytest.raises(InvalidInput) as e:
-                engine.datasets.upload("bad", path)
-        assert f"bad.csv, line {line}" in str(e.value) and message in str(e.value), str(e.value)
-    assert engine.datasets.list()[0] == []
+    for refusal in _refusals(engine, monkeypatch, path):
+        assert f"bad.csv, line {line}" in refusal and message in refusal, refusal
     fast, per_row = _both(engine, monkeypatch, path, "skip", on_error="skip")
     assert fast == per_row and len(fast) == 17
 
@@ -360,11 +361,7 @@ def test_csv_problems_are_met_in_file_order(engine, tmp_path: Path, monkeypatch)
     rows[6][2] = '{"judge_score": "high"}'  # line 7, the second record of the second batch
     rows[7] = ["p", "r"]  # line 8
     path = _csv(tmp_path / "order.csv", rows)
-    for per_row in (False, True):
-        with monkeypatch.context() as m:
-            if per_row:
-                m.setattr(formats.ColumnarRows, "plan", classmethod(lambda cls, *a, **k: None))
-            with pytest.raises(InvalidInput, match="order.csv, line 7: metadata.judge_score"):
-                engine.datasets.upload("order", path)
+    for refusal in _refusals(engine, monkeypatch, path):
+        assert "order.csv, line 7: metadata.judge_score" in refusal, refusal
     res = engine.datasets.upload("order", path, on_error="skip")
     assert [i["line"] for i in res.skipped_items] == [7, 8] and res.rows_added == 7

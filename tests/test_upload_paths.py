@@ -321,10 +321,15 @@ def test_small_duckdb_batches_are_gathered_in_order() -> None:
     sizes = [3, 0, 4, 5, 2, 1]
     ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
     batches = [pa.record_batch({"x": list(range(e - n, e))}) for n, e in zip(sizes, ends, strict=True)]
-    reader = pa.RecordBatchReader.from_batches(batches[0].schema, batches)
-    groups = list(formats._gathered(reader, 6))
+    out = list(formats._gathered(((b, i / 10) for i, b in enumerate(batches)), 6))
+    groups = [g for g, _ in out]
     assert [[b.num_rows for b in g] for g in groups] == [[3, 4], [5, 2], [1]]
     assert [x for g in groups for b in g for x in b.column(0).to_pylist()] == list(range(sum(sizes)))
+    assert [at for _, at in out] == [0.2, 0.4, 0.5]  # the progress of each group's last batch
+    # a batch of another schema (a later file of a folder) starts a group of its own
+    other = pa.record_batch({"y": ["a", "b"]})
+    out = list(formats._gathered([(batches[0], 0.1), (other, 0.2), (batches[2], 0.3)], 6))
+    assert [[b.num_rows for b in g] for g, _ in out] == [[3], [2], [4]]
 
 
 def test_the_duckdb_decoder_numbers_lines_across_batches(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import queue
 import sys
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, cast
@@ -702,7 +702,7 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 32_768) -> Iterator[Bat
         try:
             sql = duck_jsonl_sql(path, src.compression or "none")
             reader = con.sql(sql).to_arrow_reader(batch_size=rows_per_batch)
-            for rbs in _gathered(reader, rows_per_batch):
+            for rbs, _ in _gathered(((rb, 0.0) for rb in reader), rows_per_batch):
                 table = pa.Table.from_batches(rbs)
                 i = table.schema.get_field_index("row_hash")
                 table = table.set_column(i, "row_hash", _digests(table.column(i))).cast(_DUCK_BATCH_SCHEMA)
@@ -727,21 +727,30 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 32_768) -> Iterator[Bat
         hashed.wait()
 
 
-def _gathered(reader: pa.RecordBatchReader, rows: int) -> Iterator[list[pa.RecordBatch]]:
-    """A reader's record batches in groups of at least `rows` rows (the last one may be smaller). DuckDB
-    hands out one ~10k-row batch per chunk of its parallel scan; every batch costs the later stages a query
-    plan, so they are gathered first (~0.4 CPU-s less per 1M rows; docs/decisions/0002)."""
+def _gathered(
+    batches: Iterable[tuple[pa.RecordBatch, float]], rows: int
+) -> Iterator[tuple[list[pa.RecordBatch], float]]:
+    """Record batches in groups of at least `rows` rows (the last may be smaller), with the progress of each
+    group's last batch; a batch whose schema differs from the waiting ones starts a new group. DuckDB hands
+    out one ~10k-row batch per chunk of its parallel scan and `datasets.save_to_disk` writes 1,000-row ones;
+    every batch costs the later stages a query plan, so they are gathered first (~0.4 CPU-s less per 1M
+    rows for JSONL; docs/decisions/0002)."""
     pending: list[pa.RecordBatch] = []
-    waiting = 0
-    for rb in reader:
-        if rb.num_rows:
-            pending.append(rb)
-            waiting += rb.num_rows
-            if waiting >= rows:
-                yield pending
-                pending, waiting = [], 0
+    waiting, progress = 0, 0.0
+    for rb, at in batches:
+        if not rb.num_rows:
+            continue
+        if pending and not rb.schema.equals(pending[0].schema):
+            yield pending, progress
+            pending, waiting = [], 0
+        pending.append(rb)
+        waiting += rb.num_rows
+        progress = at
+        if waiting >= rows:
+            yield pending, progress
+            pending, waiting = [], 0
     if pending:
-        yield pending
+        yield pending, progress
 
 
 def _slow_chunk(chunk: bytes, first_line: int, norm: Normaliser, progress: float) -> Batch:
@@ -794,10 +803,7 @@ def _readable_lines(f: BinaryIO) -> Iterator[bytes]:
         return
 
 
-def read_csv(
-    src: SourceFile, mapping: Mapping, errors: Errors, *, batch_rows: int | None = None
-) -> Iterator[Batch]:
-    batch_rows = batch_rows or TABLE_BATCH_ROWS
+def read_csv(src: SourceFile, mapping: Mapping, errors: Errors) -> Iterator[Batch]:
     norm = Normaliser(mapping, errors)
     state = {"line": 0}
     # Lines that are not valid UTF-8 (only when skipping: otherwise the first one raises), and why.
@@ -908,7 +914,7 @@ def read_csv(
                 continue
             records.append(values)
             wheres.append(where)
-            if len(records) >= batch_rows:
+            if len(records) >= TABLE_BATCH_ROWS:
                 yield from normalised()
         yield from normalised()
     finally:
@@ -1158,29 +1164,8 @@ def read_tables(
             fast.close()
 
 
-# Rows normalised at a time from columnar sources: `datasets.save_to_disk` writes 1,000-row record batches,
-# and each DuckDB query costs a few milliseconds to plan.
+# Rows normalised at a time from columnar sources and CSV (one DuckDB query each: a few ms to plan).
 TABLE_BATCH_ROWS = 32_768
-
-
-def _gathered_tables(
-    tables: Iterator[tuple[pa.RecordBatch, float]], rows: int
-) -> Iterator[tuple[pa.Table, float]]:
-    """Record batches joined into tables of at least `rows` rows (the last may be smaller; a batch whose
-    schema differs from the ones waiting starts a new table)."""
-    pending: list[pa.RecordBatch] = []
-    waiting, progress = 0, 0.0
-    for rb, progress in tables:
-        if pending and not rb.schema.equals(pending[0].schema):
-            yield pa.Table.from_batches(pending), progress
-            pending, waiting = [], 0
-        pending.append(rb)
-        waiting += rb.num_rows
-        if waiting >= rows:
-            yield pa.Table.from_batches(pending), progress
-            pending, waiting = [], 0
-    if pending:
-        yield pa.Table.from_batches(pending), progress
 
 
 def _read_tables(
@@ -1192,7 +1177,8 @@ def _read_tables(
     fast: ColumnarRows | None,
 ) -> Iterator[Batch]:
     row = 0
-    for rb, progress in _gathered_tables(tables, TABLE_BATCH_ROWS) if fast is not None else tables:
+    gathered = ((pa.Table.from_batches(g), at) for g, at in _gathered(tables, TABLE_BATCH_ROWS))
+    for rb, progress in gathered if fast is not None else tables:
         t = fast.batch(rb) if fast is not None else None
         if t is not None:
             yield Batch(t, range(row + 1, row + rb.num_rows + 1), progress)
