@@ -409,6 +409,8 @@ engine.datasets.new_version("library")
 engine.datasets.freeze("library")
 engine.datasets.diff("library", 1, 2)
 print("library", "pandas" in sys.modules)
+assert engine.datasets.upload("csv", sys.argv[4]).rows_added == 3000  # through pyarrow's CSV reader
+print("csv", "pandas" in sys.modules)
 
 import uvicorn
 from opentracy import Distiller
@@ -429,7 +431,8 @@ server.should_exit = True
 
 def test_an_upload_leaves_pandas_unimported(tmp_path: Path) -> None:
     """pyarrow imports pandas (~45 MB resident) the first time it converts a Python or numpy object; the
-    upload, freeze and diff of spec JSONL, in the library and through the server, must not need it."""
+    upload, freeze and diff of spec JSONL, in the library and through the server, and a CSV upload must not
+    need it."""
     import importlib.util
     import subprocess
     import sys
@@ -442,12 +445,19 @@ def test_an_upload_leaves_pandas_unimported(tmp_path: Path) -> None:
         for i in range(3000)
     ]
     path = _write(tmp_path / "rows.jsonl", rows, ensure_ascii=True, spaced=True)
+    csv_path = tmp_path / "rows.csv"
+    csv_path.write_text(
+        "row_id,prompt,response,metadata\n"
+        + "".join(f'{"" if i % 2 else i},"p {i}",ok,"{{""tags"": [""t""]}}"\n' for i in range(3000))
+    )
     out = subprocess.run(
-        [sys.executable, "-c", _NO_PANDAS_SCRIPT, str(path), str(tmp_path / "home"), str(free_port())],
+        [sys.executable, "-c", _NO_PANDAS_SCRIPT, str(path), str(tmp_path / "home"), str(free_port()), str(csv_path)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["library", "False", "http", "False"], out.stdout + out.stderr
+    assert out.stdout.split() == ["library", "False", "csv", "False", "http", "False"], (
+        out.stdout + out.stderr
+    )
 
 
 def test_arrow_helpers_match_pyarrow_and_refuse_what_they_cannot_convert() -> None:

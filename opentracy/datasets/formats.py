@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bz2
 import codecs
+import collections
 import contextlib
 import csv
 import functools
@@ -825,6 +826,9 @@ def read_csv(src: SourceFile, mapping: Mapping, errors: Errors) -> Iterator[Batc
             except _DAMAGED as e:  # a damaged compressed file (a plain file's I/O errors pass as they are)
                 raise src.read_error(e, state["line"] + 1) from None
 
+    # Python's csv refuses a field over 128 KB by default; a prompt may be longer (JSONL lines go to 4 MB and
+    # beyond), and pyarrow's parser, which reads most CSV files (`arrow_csv`), has no such limit.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     reader = csv.reader(lines(), strict=True)
     try:
         header = next(reader)
@@ -938,6 +942,260 @@ def _csv_record(
     if rec.get(mapping.row_id_field) == "":
         rec.pop(mapping.row_id_field)
     norm.add(rec, where, out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CSV parsed by pyarrow, proven to read as Python's csv module does
+
+
+class _CsvScan:
+    """A pass over a CSV file's content after its header line, on a thread of its own: it hashes the file,
+    finds the line each record starts on, and checks that pyarrow's CSV parser reads the records as Python's
+    `csv.reader(strict=True)` (the careful path) does. The two differ on quoting that Python refuses or reads
+    literally and pyarrow reads its own way (`"ab"c`, `"x" ,y`, ` "x"`, `ab"c`), on a carriage return outside
+    quotes that does not end a line, and on NUL bytes. Where every quote opens a field (after a comma, a
+    newline, or the quote before it: `""` inside quotes) or closes one (before a comma, a line end or a
+    quote), every carriage return outside quotes is followed by a newline, the quotes are balanced and no byte
+    is NUL, both read the same records the same way (tests/test_upload_csv.py compares them on generated
+    files). Whether a quote opens or closes follows from the count of quotes before it; a newline with an even
+    count before it ends a record. Anything else sets `problem`, and the upload starts over on the careful
+    path, which names what is wrong."""
+
+    block_bytes = 8 << 20  # read and checked at a time (tests make it a few bytes)
+
+    def __init__(self, src: SourceFile, header_bytes: int) -> None:
+        self.src = src
+        self.header_bytes = header_bytes
+        self.problem: str | None = None
+        self._starts: collections.deque[np.ndarray] = collections.deque()  # the line each record starts on
+        self._available = 0
+        self._done = False
+        self._stop = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="csv-scan", daemon=True)
+
+    def __enter__(self) -> _CsvScan:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._stop = True
+        self._thread.join()
+
+    def take(self, n: int) -> np.ndarray:
+        """The start lines of the next n records, once scanned; NeedsCarefulPath when the scan found a
+        problem, or ended with fewer records."""
+        with self._cond:
+            while not self.problem and self._available < n and not self._done:
+                self._cond.wait()
+            if self.problem:
+                raise NeedsCarefulPath(f"CSV: {self.problem}")
+            if self._available < n:
+                raise NeedsCarefulPath(f"CSV: pyarrow read more records than the {self._available} found")
+            out: list[np.ndarray] = []
+            need = n
+            while need:
+                a = self._starts[0]
+                if len(a) <= need:
+                    out.append(self._starts.popleft())
+                    need -= len(a)
+                else:
+                    out.append(a[:need])
+                    self._starts[0] = a[need:]
+                    need = 0
+            self._available -= n
+            return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def finish(self) -> None:
+        """Wait for the scan's end: the file is hashed then. NeedsCarefulPath on a problem, or on records
+        left that pyarrow did not read."""
+        with self._cond:
+            while not self._done:
+                self._cond.wait()
+            if self.problem:
+                raise NeedsCarefulPath(f"CSV: {self.problem}")
+            if self._available:
+                raise NeedsCarefulPath(f"CSV: {self._available} records pyarrow did not read")
+
+    def _run(self) -> None:
+        try:
+            self.problem = self._scan()
+        except BaseException as e:  # a damaged compressed file, an I/O error: the careful path names it
+            self.problem = f"{type(e).__name__}: {e}"
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def _found(self, starts: np.ndarray) -> None:
+        if len(starts):
+            with self._cond:
+                self._starts.append(starts.astype(np.int64))
+                self._available += len(starts)
+                self._cond.notify_all()
+
+    def _scan(self) -> str | None:
+        quotes = 0  # quotes so far: odd inside a quoted field
+        newlines = 1  # newlines so far (the header's)
+        prev = 10  # the byte before the block
+        need_next: tuple[int, ...] = ()  # what the block's first byte must be (the last byte asked)
+        end, end_line = -1, 2  # where the last record ended (its newline's offset) and the line after it
+        offset = 0  # of the block, in the content after the header
+        skip = self.header_bytes
+        with self.src.content() as f:  # hashed, and counted for progress
+            while True:
+                if self._stop:  # the upload stopped reading: leave without hashing the rest
+                    raise NeedsCarefulPath("stopped")
+                buf = f.read(self.block_bytes)
+                if skip:  # the header's bytes
+                    cut = min(skip, len(buf))
+                    buf, skip = buf[cut:], skip - cut
+                    if cut and not buf:
+                        continue
+                if not buf:
+                    break
+                b = np.frombuffer(buf, np.uint8)
+                n = len(b)
+                if need_next and int(b[0]) not in need_next:
+                    return "a quote or a carriage return followed by something else"
+                if buf.find(b"\0") >= 0:
+                    return "a NUL byte"
+                q = np.flatnonzero(b == 34)
+                opening, closing = q[quotes & 1 :: 2], q[1 - (quotes & 1) :: 2]
+                if len(opening) and opening[0] == 0 and prev not in (44, 10, 34):
+                    return "a quote in the middle of a field"
+                x = b[opening[opening > 0] - 1]  # (comparisons: np.isin costs 30x as much here)
+                if ((x != 44) & (x != 10) & (x != 34)).any():
+                    return "a quote in the middle of a field"
+                x = b[closing[closing < n - 1] + 1]
+                if ((x != 44) & (x != 10) & (x != 13) & (x != 34)).any():
+                    return "text after a closing quote"
+                cr = np.flatnonzero(b == 13) if buf.find(b"\r") >= 0 else q[:0]
+                cr = cr[((quotes + np.searchsorted(q, cr)) & 1) == 0]  # outside quotes
+                if (b[cr[cr < n - 1] + 1] != 10).any():
+                    return "a carriage return that does not end a line"
+                nl = np.flatnonzero(b == 10)
+                outside = ((quotes + np.searchsorted(q, nl)) & 1) == 0
+                ends = nl[outside]
+                lines_after = newlines + np.flatnonzero(outside) + 2  # the line after each record's end
+                # The records between consecutive ends; empty ones (nothing, or a lone CR) both skip.
+                cr_before = np.where(ends > 0, b[np.maximum(ends - 1, 0)], prev) == 13
+                lengths = np.diff(np.concatenate(([end], ends + offset))) - 1 - cr_before
+                starts = np.concatenate(([end_line], lines_after[:-1]))[lengths > 0]
+                if len(ends):
+                    end, end_line = int(ends[-1]) + offset, int(lines_after[-1])
+                if len(cr) and cr[-1] == n - 1:
+                    need_next = (10,)
+                elif len(closing) and closing[-1] == n - 1:
+                    need_next = (44, 10, 13, 34)
+                else:
+                    need_next = ()
+                quotes += len(q)
+                newlines += len(nl)
+                prev = int(b[-1])
+                offset += n
+                self._found(starts)
+        if quotes & 1:
+            return "a quoted field left open at the end of the file"
+        if need_next == (10,):
+            return "a carriage return at the end of the file"
+        if offset - end - 1 > 0:  # a last record with no newline after it
+            self._found(np.array([end_line], dtype=np.int64))
+        return None
+
+
+def _csv_header(first: bytes) -> list[str] | None:
+    """The header record when the first line holds all of it, as the careful path reads it."""
+    if not first.endswith(b"\n") or first.count(b'"') % 2 or b"\r" in first[:-2] or b"\0" in first:
+        return None
+    try:
+        header = next(csv.reader([first.decode("utf-8")], strict=True))
+    except (UnicodeDecodeError, csv.Error, StopIteration):
+        return None
+    if header and header[0].startswith("\ufeff"):
+        header[0] = header[0][1:]
+    return header
+
+
+def arrow_csv(src: SourceFile, mapping: Mapping, *, rows_per_batch: int | None = None) -> Iterator[Batch]:
+    """The records of a CSV file parsed by pyarrow (multi-threaded, off the GIL) where `_CsvScan` proves
+    it reads them as the careful path's `csv` module does, and normalised a batch at a time by
+    `ColumnarRows`. Raises NeedsCarefulPath, before or after some batches, at anything else (a header the
+    careful path refuses, a bad record, a row it would refuse): the upload then starts over with `read_csv`,
+    which names every problem. docs/decisions/0002 has the measurements."""
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    try:
+        with open_content(src.path) as f:
+            first = f.readline(1 << 20)
+    except _DAMAGED as e:
+        if not src.compression:
+            raise
+        raise NeedsCarefulPath(f"{src.compression}: {e}") from None  # which names the problem
+    header = _csv_header(first)
+    if (
+        header is None
+        or len(header) < 2
+        or len(set(header)) != len(header)
+        or mapping.prompt not in header
+        or mapping.response not in header
+        or any(m not in header for m in mapping.metadata_fields or [])
+    ):
+        raise NeedsCarefulPath("CSV: the header")
+    fast = ColumnarRows.plan(
+        pa.schema([(h, pa.string()) for h in header]),
+        mapping,
+        chat=False,
+        flag=False,
+        drop_meta_nulls=False,
+        empty_prompt=False,
+    )
+    if fast is None:
+        raise NeedsCarefulPath("CSV: columns read row by row")
+    raw = pa.OSFile(str(src.path))
+    stream: Any = pa.CompressedInputStream(raw, src.compression) if src.compression else raw
+    done = 0
+    try:
+        with _CsvScan(src, len(first)) as scan:
+            try:
+                reader = pacsv.open_csv(
+                    stream,
+                    read_options=pacsv.ReadOptions(skip_rows=1, column_names=header, block_size=1 << 20),
+                    parse_options=pacsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=True),
+                    convert_options=pacsv.ConvertOptions(
+                        column_types={h: pa.string() for h in header},
+                        strings_can_be_null=False,
+                        quoted_strings_can_be_null=False,
+                    ),
+                )
+                for rbs, _ in _gathered(((rb, 0.0) for rb in reader), rows_per_batch or TABLE_BATCH_ROWS):
+                    table = pa.Table.from_batches(rbs)
+                    if mapping.row_id_field in header:  # an empty cell: no row id (one is generated)
+                        i = header.index(mapping.row_id_field)
+                        col = table.column(i)
+                        empty = pc.invert(pc.cast(pc.binary_length(col), pa.bool_()))  # no Python scalar: no
+                        none = pa.nulls(len(col), pa.string())  # pandas probe (opentracy/_arrow.py)
+                        table = table.set_column(i, mapping.row_id_field, pc.if_else(empty, none, col))
+                    t = fast.batch(table)
+                    if t is None:
+                        raise NeedsCarefulPath("CSV: a record read row by row")
+                    lines = scan.take(t.num_rows)
+                    done += t.num_rows
+                    yield Batch(t, lines, src.progress)
+            except (pa.ArrowException, OSError) as e:
+                raise NeedsCarefulPath(
+                    f"CSV: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                ) from None
+            scan.finish()
+        if done == 0:
+            raise NeedsCarefulPath("CSV: no records")
+        src.bytes_read = src.size
+    finally:
+        fast.close()
+        stream.close()
+        raw.close()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1383,8 +1641,8 @@ class OpenedSource:
     errors: Errors
     file: SourceFile | FilesDigest | None
     split: str | None = None
-    # A faster decoder to try first (spec JSONL: `duck_jsonl`); it may raise NeedsCarefulPath, after which
-    # the source must be opened again and read through `batches`.
+    # A faster decoder to try first (spec JSONL: `duck_jsonl`; CSV: `arrow_csv`); it may raise
+    # NeedsCarefulPath, after which the source must be opened again and read through `batches`.
     fast: Callable[[], Iterator[Batch]] | None = None
 
     def sha256(self) -> str | None:
@@ -1438,7 +1696,10 @@ def open_source(
         src = SourceFile(p, name)
         errs = Errors(name, on_error, "line")
         batches = read_csv(src, mapping, errs)
-        return OpenedSource(fmt, _require_rows(batches, errs, name, src.size == 0), errs, src)
+        fast = None
+        if src.compression in (None, "gzip", "bz2"):  # what pyarrow decompresses
+            fast = functools.partial(arrow_csv, src, mapping)
+        return OpenedSource(fmt, _require_rows(batches, errs, name, src.size == 0), errs, src, fast=fast)
     if fmt == "parquet":
         if p.is_dir():
             fmt = "hf"
