@@ -19,6 +19,12 @@ from opentracy.errors import InvalidInput
 from opentracy.store.tables import DatasetRecord, VersionRecord
 
 GOOD = {"prompt": "Where is my card?", "response": "card_arrival"}
+CHAT = {
+    "messages": [
+        {"role": "user", "content": "Where is my card?"},
+        {"role": "assistant", "content": "card_arrival"},
+    ]
+}
 
 
 def J(obj) -> str:
@@ -76,6 +82,15 @@ G = J(GOOD)
 TEXT_CASES = [
     ("malformed-json", "a.jsonl", jsonl(G, G, '{"prompt": "p", "response": '), ("line", 3), "malformed JSON"),
     ("not-an-object", "a.jsonl", jsonl(G, "[1, 2]"), ("line", 2), "expected a JSON object"),
+    # two records on one line, comma-separated: the whole-chunk decoder once read them as two rows
+    ("two-objects-one-line", "a.jsonl", jsonl(G, f"{G},{G}", G), ("line", 2), "malformed JSON"),
+    (
+        "two-chat-objects-one-line",
+        "a.jsonl",
+        jsonl(*[J(CHAT)] * 2, f"{J(CHAT)}, {J(CHAT)}"),
+        ("line", 3),
+        "malformed JSON",
+    ),
     ("missing-prompt", "a.jsonl", jsonl(G, G, G, J({"response": "r"})), ("line", 4), "missing prompt"),
     ("missing-response", "a.jsonl", jsonl(G, J({"prompt": "p"}), G), ("line", 2), "missing response"),
     (

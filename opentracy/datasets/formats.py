@@ -483,6 +483,10 @@ def _fast_chunk(chunk: bytes, first_line: int, progress: float) -> Batch | None:
         rows = _fast_rows.decode(b"[" + body.replace(b"\n", b",") + b"]")
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return None
+    if len(rows) != body.count(b"\n") + 1:
+        # A line holding two records with a comma between them decodes as two elements (a blank line or
+        # a stray comma fails to decode): that line is malformed, which the careful path says.
+        return None
     row_ids = [r.row_id for r in rows]
     prompts = [r.prompt for r in rows]
     metas = [bytes(r.metadata) for r in rows]
