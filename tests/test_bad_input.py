@@ -219,6 +219,21 @@ TEXT_CASES = [
         ("line", 3),
         "JSON object",
     ),
+    # CSV cells are text, which metadata.judge_score and metadata.tags never are: refused at the header
+    (
+        "csv-judge-score-column",
+        "a.csv",
+        csv_text([["prompt", "response", "judge_score"], ["p", "r", "0.9"]]),
+        ("line", 1),
+        "CSV cells are text",
+    ),
+    (
+        "csv-tags-column",
+        "a.csv",
+        csv_text([["prompt", "response", "tags"], ["p", "r", "a"]]),
+        ("line", 1),
+        "metadata.tags, which must be a list of strings",
+    ),
     # the slow path (an unknown top-level key sends a chunk there) checks metadata types too
     (
         "judge-score-slow-path",

@@ -231,3 +231,18 @@ def test_a_repeated_id_after_a_multi_line_record_is_named_by_its_line(
         messages.append(str(e.value))
     assert messages[0] == messages[1]
     assert "dup.csv, line 8" in messages[0] and "line 2" in messages[0], messages[0]
+
+
+def test_a_typed_key_column_is_refused_at_the_header_unless_left_out(engine, tmp_path: Path) -> None:
+    """CSV cells are text: a `judge_score` or `tags` column could never become that metadata key, so the
+    header is refused (naming line 1) before a record is read, unless metadata_fields leaves it out."""
+    path = tmp_path / "typed.csv"
+    path.write_text("prompt,response,tags,topic\np,r,urgent,cards\nq,s,,cards\n", encoding="utf-8")
+    for on_error in ("raise", "skip"):
+        with pytest.raises(
+            InvalidInput, match=r"typed\.csv, line 1: column 'tags' would become metadata\.tags"
+        ):
+            engine.datasets.upload("typed", path, on_error=on_error)
+    res = engine.datasets.upload("typed", path, metadata_fields=["topic"])
+    assert res.rows_added == 2
+    assert [r.metadata for r in engine.datasets.rows("typed").rows] == [{"topic": "cards"}] * 2

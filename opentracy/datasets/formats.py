@@ -845,16 +845,7 @@ def read_csv(src: SourceFile, mapping: Mapping, errors: Errors) -> Iterator[Batc
         raise InvalidInput(bad_utf8[first], file=src.name, line=first)
     if header and header[0].startswith("\ufeff"):
         header[0] = header[0][1:]
-    for col in (mapping.prompt, mapping.response):
-        if col not in header:
-            raise InvalidInput(
-                f"no column {col!r} (columns: {', '.join(header)}); name the columns with prompt_field= and response_field=",
-                file=src.name,
-                line=1,
-            )
-    if len(set(header)) != len(header):
-        raise InvalidInput("repeated column names in the header", file=src.name, line=1)
-    _check_metadata_fields(header, mapping, src.name, line=1)
+    _check_csv_header(header, mapping, src.name)
     # Records are gathered as they are parsed; each batch is then normalised in DuckDB when every record in
     # it allows (`ColumnarRows`), else record by record. A record refused on its own (a wrong field count,
     # malformed CSV, bad UTF-8) first sends the records before it on, so problems are met in file order.
@@ -928,6 +919,36 @@ def read_csv(src: SourceFile, mapping: Mapping, errors: Errors) -> Iterator[Batc
     finally:
         if fast is not None:
             fast.close()
+
+
+def _check_csv_header(header: list[str], mapping: Mapping, name: str) -> None:
+    """Refuse, naming line 1, a header the rows cannot be read by."""
+    for col in (mapping.prompt, mapping.response):
+        if col not in header:
+            raise InvalidInput(
+                f"no column {col!r} (columns: {', '.join(header)}); name the columns with prompt_field= and response_field=",
+                file=name,
+                line=1,
+            )
+    if len(set(header)) != len(header):
+        raise InvalidInput("repeated column names in the header", file=name, line=1)
+    _check_metadata_fields(header, mapping, name, line=1)
+    # A column becomes the metadata key it is named after; CSV cells are text, which these keys never are,
+    # so every record would be refused for it.
+    taken = {mapping.prompt, mapping.response, mapping.row_id_field, "metadata"}
+    for key, kind, example in (("judge_score", "a number", "0.9"), ("tags", "a list of strings", '["a"]')):
+        if (
+            key in header
+            and key not in taken
+            and (mapping.metadata_fields is None or key in mapping.metadata_fields)
+        ):
+            raise InvalidInput(
+                f"column {key!r} would become metadata.{key}, which must be {kind}, but CSV cells are text: "
+                f"give it inside a 'metadata' column of JSON objects (such as {{\"{key}\": {example}}}), "
+                "or leave it out with metadata_fields=",
+                file=name,
+                line=1,
+            )
 
 
 def _csv_record(
@@ -1139,15 +1160,12 @@ def arrow_csv(src: SourceFile, mapping: Mapping, *, rows_per_batch: int | None =
             raise
         raise NeedsCarefulPath(f"{src.compression}: {e}") from None  # which names the problem
     header = _csv_header(first)
-    if (
-        header is None
-        or len(header) < 2
-        or len(set(header)) != len(header)
-        or mapping.prompt not in header
-        or mapping.response not in header
-        or any(m not in header for m in mapping.metadata_fields or [])
-    ):
+    if header is None or len(header) < 2:
         raise NeedsCarefulPath("CSV: the header")
+    try:
+        _check_csv_header(header, mapping, src.name)
+    except InvalidInput:
+        raise NeedsCarefulPath("CSV: the header") from None  # which read_csv names as it is
     fast = ColumnarRows.plan(
         pa.schema([(h, pa.string()) for h in header]),
         mapping,
