@@ -365,3 +365,51 @@ def test_csv_problems_are_met_in_file_order(engine, tmp_path: Path, monkeypatch)
         assert "order.csv, line 7: metadata.judge_score" in refusal, refusal
     res = engine.datasets.upload("order", path, on_error="skip")
     assert [i["line"] for i in res.skipped_items] == [7, 8] and res.rows_added == 7
+
+
+def test_chat_columns_store_what_the_same_messages_as_openai_jsonl_store(engine, tmp_path: Path) -> None:
+    """Arrow gives every struct field of a message, null where the message had none (a `name`, `tool_calls`,
+    the `image_url` of a text part): those nulls are absences, so a chat dataset from Parquet stores the
+    same rows as the same messages written as OpenAI JSONL, where such keys are simply not there."""
+    part = pa.struct([("type", pa.string()), ("text", pa.string()), ("image_url", pa.string())])
+    call = pa.struct(
+        [("id", pa.string()), ("type", pa.string()), ("function", pa.struct([("name", pa.string())]))]
+    )
+    message = pa.struct(
+        [
+            ("content", pa.string()),
+            ("role", pa.string()),
+            ("name", pa.string()),
+            ("tool_calls", pa.list_(call)),
+            ("parts", pa.list_(part)),
+        ]
+    )
+    examples = [
+        [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi", "name": "ana"},
+            {"role": "assistant", "content": "hello"},
+        ],
+        [
+            {"role": "user", "content": "look", "parts": [{"type": "text", "text": "this"}]},
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f"}}],
+            },
+        ],
+    ]
+    full = [[{f.name: m.get(f.name) for f in message} for m in ex] for ex in examples]  # nulls where absent
+    pq.write_table(pa.table({"messages": pa.array(full, pa.list_(message))}), tmp_path / "chat.parquet")
+    # the keys in the struct's order (a chat prompt is stored as its JSON text, keys in the order given)
+    ordered = [[{f.name: m[f.name] for f in message if f.name in m} for m in ex] for ex in examples]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps({"messages": ex}) + "\n" for ex in ordered))
+    engine.datasets.upload("from-parquet", tmp_path / "chat.parquet")
+    engine.datasets.upload("from-jsonl", tmp_path / "chat.jsonl")
+    parquet, jsonl = _stored(engine, "from-parquet"), _stored(engine, "from-jsonl")
+    assert parquet == jsonl
+    rows = engine.datasets.rows("from-parquet").rows
+    assert rows[0].prompt == examples[0][:2] and rows[0].metadata == {}
+    assert rows[1].prompt == examples[1][:1] and rows[1].response == ""
+    assert rows[1].metadata == {
+        "openai_response_message": {"tool_calls": examples[1][1]["tool_calls"], "content": None}
+    }

@@ -1484,11 +1484,22 @@ def _read_tables(
                     continue
             if isinstance(rec.get("metadata"), dict):
                 rec["metadata"] = {k: v for k, v in rec["metadata"].items() if v is not None}
-            prompt = rec.get(mapping.prompt)
-            if isinstance(prompt, list):  # Arrow structs come back with every field, null where absent
-                rec[mapping.prompt] = [{k: v for k, v in m.items() if v is not None} for m in prompt]
+            # Arrow structs come back with every field, null where a message had none (a name, tool calls,
+            # the image of a text part): what was absent stays absent, as in JSON.
+            for col in (mapping.prompt, "messages"):
+                if isinstance(rec.get(col), list):
+                    rec[col] = _absent_nulls(rec[col])
             norm.add(rec, row, b)
         yield b.batch(progress)
+
+
+def _absent_nulls(value: Any) -> Any:
+    """`value` with every object's null fields left out, at any depth (list items are kept)."""
+    if isinstance(value, dict):
+        return {k: _absent_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_absent_nulls(v) for v in value]
+    return value
 
 
 def parquet_batches(path: Path) -> tuple[pa.Schema, Iterator[tuple[pa.RecordBatch, float]]]:
