@@ -5,7 +5,8 @@ and gzip CSV, Parquet, and gzip and xz JSONL, through the library, in one proces
 
 The rows are the first N of the upload benchmark's file (bench/gen_jsonl.py, json.dumps layout, the seed of
 bench/upload.py), written under /tmp/opentracy-bench; CSV and Parquet have the spec's columns (metadata as
-JSON text, as opentracy's own export writes them).
+JSON text, as opentracy's own export writes them); the chat files hold the same prompts and responses as
+chat examples (OpenAI chat JSONL, and a Parquet `messages` column of role/content structs).
 Prints each format's median wall and CPU seconds and its time against plain JSONL's.
 """
 
@@ -64,6 +65,28 @@ def variants(jsonl: Path, work: Path, rows: int) -> dict[str, Path]:
         out[name] = work / f"fmt-{rows}.{name}"
         if not out[name].exists():
             out[name].write_bytes(pack(base.read_bytes()))
+    # The same rows as chat examples (a system turn, the prompt as the user's, the response as the
+    # assistant's): OpenAI chat JSONL, and a Parquet `messages` column as Hugging Face chat datasets have it.
+    out["chat.jsonl"] = work / f"fmt-{rows}-chat.jsonl"
+    out["chat.parquet"] = work / f"fmt-{rows}-chat.parquet"
+    if not (out["chat.jsonl"].exists() and out["chat.parquet"].exists()):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        chats = []
+        for line in plain.splitlines():
+            r = json.loads(line)
+            turns = [
+                ("system", "You are a support assistant."),
+                ("user", r["prompt"]),
+                ("assistant", r["response"]),
+            ]
+            chats.append([{"role": role, "content": text} for role, text in turns])
+        out["chat.jsonl"].write_text(
+            "".join(json.dumps({"messages": m}) + "\n" for m in chats), encoding="utf-8"
+        )
+        message = pa.struct([("role", pa.string()), ("content", pa.string())])
+        pq.write_table(pa.table({"messages": pa.array(chats, pa.list_(message))}), out["chat.parquet"])
     return out
 
 
@@ -90,10 +113,10 @@ def main() -> None:
         engine.close()
     anchor = statistics.median(wall["jsonl"])
     print(f"{args.rows:,} rows, medians of {args.repeat}")
-    print(f"{'format':<9}  {'MB':>6}  {'seconds':>8}  {'CPU s':>6}  {'x JSONL time':>12}")
+    print(f"{'format':<12}  {'MB':>6}  {'seconds':>8}  {'CPU s':>6}  {'x JSONL time':>12}")
     for name, path in files.items():
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
-        print(f"{name:<9}  {os.path.getsize(path) / 1e6:6.1f}  {w:8.2f}  {c:6.2f}  {w / anchor:12.2f}")
+        print(f"{name:<12}  {os.path.getsize(path) / 1e6:6.1f}  {w:8.2f}  {c:6.2f}  {w / anchor:12.2f}")
 
 
 if __name__ == "__main__":

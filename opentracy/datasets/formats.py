@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from opentracy._arrow import from_numpy
-from opentracy.datasets.rows import check_messages, check_metadata, type_name
+from opentracy.datasets.rows import MESSAGE_ROLES, check_messages, check_metadata, type_name
 from opentracy.datasets.suffixes import SUFFIX_FORMATS
 from opentracy.errors import InvalidInput
 
@@ -1320,7 +1320,9 @@ class ColumnarRows:
     ) -> ColumnarRows | None:
         names = schema.names
         pf, rf, idf = mapping.prompt, mapping.response, mapping.row_id_field
-        if chat or len(set(names)) != len(names) or len({pf, rf, idf, "metadata"}) != 4:
+        if chat:
+            return ColumnarChat.plan_chat(schema, mapping)
+        if len(set(names)) != len(names) or len({pf, rf, idf, "metadata"}) != 4:
             return None
         if pf not in names or rf not in names:
             return None
@@ -1376,8 +1378,8 @@ class ColumnarRows:
         )
         return cls(schema, sql, pf, rf, idf if idf in names else None)
 
-    def batch(self, b: pa.RecordBatch | pa.Table) -> pa.Table | None:
-        """The batch as BATCH_SCHEMA rows, or None when a row in it needs the per-row path."""
+    def _query(self, b: pa.RecordBatch | pa.Table) -> pa.Table | None:
+        """The plan's query over the batch; None when a row refused it (or the batch is typed otherwise)."""
         import duckdb
 
         if self._con is None:
@@ -1386,15 +1388,22 @@ class ColumnarRows:
             self._con = duck(memory_limit="256MB")
         if not b.schema.equals(self.schema):  # a later file of a folder, typed otherwise
             return None
-        n = b.num_rows
         try:
             self._con.register("b", b)
             try:
-                meta = self._con.sql(self.sql).to_arrow_table().column(0)
+                return self._con.sql(self.sql).to_arrow_table()
             finally:
                 self._con.unregister("b")
         except (duckdb.Error, pa.ArrowException):
             return None
+
+    def batch(self, b: pa.RecordBatch | pa.Table) -> pa.Table | None:
+        """The batch as BATCH_SCHEMA rows, or None when a row in it needs the per-row path."""
+        res = self._query(b)
+        if res is None:
+            return None
+        meta = res.column(0)
+        n = b.num_rows
         names = b.schema.names
         rid = (
             b.column(names.index(self.row_id)).cast(pa.string()) if self.row_id else pa.nulls(n, pa.string())
@@ -1414,6 +1423,64 @@ class ColumnarRows:
         if self._con is not None:
             self._con.close()
             self._con = None
+
+
+# Characters DuckDB's to_json escapes as \u00XX with capital hex digits where msgspec (the per-row path) writes
+# small ones: text holding one goes row by row, so both write a chat prompt's JSON alike.
+_CAPITAL_ESCAPES = "[\x0b\x0e\x0f\x1a-\x1f]"
+
+
+class ColumnarChat(ColumnarRows):
+    """Chat examples in a `messages` column (Hugging Face, Parquet) a batch at a time, in the plain case: the
+    column is a list of {role, content} text structs and nothing else comes along but a row id. A row is
+    taken as the per-row path (`Normaliser._add_chat`) takes it — every message but the last is the prompt
+    (its JSON, keys in the struct's order), the last one's content the response, no metadata — when it has
+    at least two messages, each with a known role and content, and the last is the assistant's; a batch
+    with any other row goes row by row, which names it."""
+
+    @classmethod
+    def plan_chat(cls, schema: pa.Schema, mapping: Mapping) -> ColumnarChat | None:
+        names, idf = schema.names, "row_id"  # the per-row path's chat examples take their id from `row_id`
+        if "messages" not in names or len(set(names)) != len(names) or set(names) - {"messages", idf}:
+            return None
+        t = schema.field("messages").type
+        if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_struct(t.value_type):
+            return None
+        fields = {f.name: f.type for f in t.value_type}
+        if set(fields) != {"role", "content"} or not all(_is_text(x) for x in fields.values()):
+            return None
+        if idf in names and not _is_text(schema.field(idf).type):
+            return None
+        rid = _ident(idf) if idf in names else "NULL"
+        roles = ", ".join(_literal(r) for r in sorted(MESSAGE_ROLES))
+        ok = (
+            "m IS NOT NULL AND len(m) >= 2 AND m[len(m)].role = 'assistant' AND (rid IS NULL OR rid <> '')"
+            f" AND list_bool_and(list_transform(m, lambda x: x IS NOT NULL AND x.role IN ({roles})"
+            f" AND x.content IS NOT NULL AND NOT regexp_matches(x.content, {_literal(_CAPITAL_ESCAPES)})))"
+        )
+        sql = (
+            f'WITH x AS (SELECT "messages" AS m, {rid} AS rid FROM b) '
+            f"SELECT CASE WHEN {ok} THEN CAST(to_json(list_slice(m, 1, len(m) - 1)) AS VARCHAR)"
+            " ELSE error('opentracy: row by row') END AS prompt, m[len(m)].content AS response FROM x"
+        )
+        return cls(schema, sql, "messages", "messages", idf if idf in names else None)
+
+    def batch(self, b: pa.RecordBatch | pa.Table) -> pa.Table | None:
+        res = self._query(b)
+        if res is None:
+            return None
+        n = b.num_rows
+        rid = b.column(b.schema.names.index(self.row_id)) if self.row_id else pa.nulls(n, pa.string())
+        return pa.table(
+            [
+                rid.cast(pa.string()),
+                res.column("prompt").cast(pa.string()),
+                from_numpy(np.ones(n, dtype=bool)),
+                res.column("response").cast(pa.string()),
+                pa.array(["{}"] * n, pa.string()),
+            ],
+            schema=BATCH_SCHEMA,
+        )
 
 
 def read_tables(
