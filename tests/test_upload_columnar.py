@@ -437,7 +437,18 @@ def _chat_table(order: tuple[str, str], large: bool, n: int = 40, plain: bool = 
             turns = [("user", "first"), ("assistant", "then"), *turns]
         examples.append([{k: (r if k == "role" else c) for k in order} for r, c in turns])
         ids.append(None if i % 5 == 0 else f"c-{i}")
-    return pa.table({"row_id": pa.array(ids, text_t), "messages": pa.array(examples, list_t)})
+    return pa.table(
+        {
+            "row_id": pa.array(ids, text_t),
+            "messages": pa.array(examples, list_t),
+            # other columns: metadata `openai_extra`, nulls kept
+            "source": [None if i % 7 == 0 else f"set-{i % 3}" for i in range(n)],
+            "turns": pa.array([len(e) for e in examples], pa.int64()),
+            "score": [None if i % 6 == 0 else i / 7 for i in range(n)],
+            "kept": [i % 2 == 0 for i in range(n)],
+            "nothing": pa.nulls(n),
+        }
+    )
 
 
 @pytest.mark.parametrize("order,large", [(("role", "content"), False), (("content", "role"), True)])
@@ -452,7 +463,9 @@ def test_chat_columns_are_stored_alike_by_both_paths(
     # row by row; the others are taken a batch at a time
     assert True in fast_batches and False in fast_batches
     first = engine.datasets.rows("chat-fast", limit=1).rows[0]
-    assert first.prompt[0] == {"role": "system", "content": "be brief"} and first.metadata == {}
+    assert first.prompt[0] == {"role": "system", "content": "be brief"}
+    extra = {"source": None, "turns": 3, "score": None, "kept": True, "nothing": None}
+    assert first.metadata == {"openai_extra": extra}
 
 
 def test_a_bad_chat_row_is_named_by_its_row_number(engine, tmp_path: Path, monkeypatch, fast_batches) -> None:

@@ -1432,16 +1432,20 @@ _CAPITAL_ESCAPES = "[\x0b\x0e\x0f\x1a-\x1f]"
 
 class ColumnarChat(ColumnarRows):
     """Chat examples in a `messages` column (Hugging Face, Parquet) a batch at a time, in the plain case: the
-    column is a list of {role, content} text structs and nothing else comes along but a row id. A row is
-    taken as the per-row path (`Normaliser._add_chat`) takes it — every message but the last is the prompt
-    (its JSON, keys in the struct's order), the last one's content the response, no metadata — when it has
+    column is a list of {role, content} text structs, and other columns (but `metadata`) are of plain types.
+    A row is taken as the per-row path (`Normaliser._add_chat`) takes it — every message but the last is the
+    prompt (its JSON, keys in the struct's order), the last one's content the response, the other columns
+    metadata `openai_extra` (nulls kept, as there), `row_id` the row id — when it has
     at least two messages, each with a known role and content, and the last is the assistant's; a batch
     with any other row goes row by row, which names it."""
 
     @classmethod
     def plan_chat(cls, schema: pa.Schema, mapping: Mapping) -> ColumnarChat | None:
         names, idf = schema.names, "row_id"  # the per-row path's chat examples take their id from `row_id`
-        if "messages" not in names or len(set(names)) != len(names) or set(names) - {"messages", idf}:
+        if "messages" not in names or "metadata" in names or len(set(names)) != len(names):
+            return None
+        extras = [n for n in names if n not in ("messages", idf)]  # metadata `openai_extra`, nulls kept
+        if not all(_plain_json_type(schema.field(n).type) for n in extras):
             return None
         t = schema.field("messages").type
         if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_struct(t.value_type):
@@ -1451,17 +1455,28 @@ class ColumnarChat(ColumnarRows):
             return None
         if idf in names and not _is_text(schema.field(idf).type):
             return None
-        rid = _ident(idf) if idf in names else "NULL"
+        # Straight over the batch's columns (no CTE: an extra column named like an alias would shadow it).
+        m, rid = '"messages"', _ident(idf) if idf in names else "NULL"
         roles = ", ".join(_literal(r) for r in sorted(MESSAGE_ROLES))
         ok = (
-            "m IS NOT NULL AND len(m) >= 2 AND m[len(m)].role = 'assistant' AND (rid IS NULL OR rid <> '')"
-            f" AND list_bool_and(list_transform(m, lambda x: x IS NOT NULL AND x.role IN ({roles})"
+            f"{m} IS NOT NULL AND len({m}) >= 2 AND {m}[len({m})].role = 'assistant'"
+            f" AND ({rid} IS NULL OR {rid} <> '')"
+            f" AND list_bool_and(list_transform({m}, lambda x: x IS NOT NULL AND x.role IN ({roles})"
             f" AND x.content IS NOT NULL AND NOT regexp_matches(x.content, {_literal(_CAPITAL_ESCAPES)})))"
         )
+        ok += "".join(
+            f" AND ({_ident(n)} IS NULL OR isfinite({_ident(n)}))"
+            for n in extras
+            if pa.types.is_float64(schema.field(n).type)
+        )
+        meta = "'{}'"
+        if extras:
+            pairs = ", ".join(f"{_literal(n)}, {_ident(n)}" for n in extras)
+            meta = f"json_object('openai_extra', json_object({pairs}))"
         sql = (
-            f'WITH x AS (SELECT "messages" AS m, {rid} AS rid FROM b) '
-            f"SELECT CASE WHEN {ok} THEN CAST(to_json(list_slice(m, 1, len(m) - 1)) AS VARCHAR)"
-            " ELSE error('opentracy: row by row') END AS prompt, m[len(m)].content AS response FROM x"
+            f"SELECT CASE WHEN {ok} THEN CAST(to_json(list_slice({m}, 1, len({m}) - 1)) AS VARCHAR)"
+            f" ELSE error('opentracy: row by row') END AS prompt, {m}[len({m})].content AS response,"
+            f" CAST({meta} AS VARCHAR) AS metadata FROM b"
         )
         return cls(schema, sql, "messages", "messages", idf if idf in names else None)
 
@@ -1477,7 +1492,7 @@ class ColumnarChat(ColumnarRows):
                 res.column("prompt").cast(pa.string()),
                 from_numpy(np.ones(n, dtype=bool)),
                 res.column("response").cast(pa.string()),
-                pa.array(["{}"] * n, pa.string()),
+                res.column("metadata").cast(pa.string()),
             ],
             schema=BATCH_SCHEMA,
         )
