@@ -976,15 +976,16 @@ def _csv_record(
 class _CsvScan:
     """A pass over a CSV file's content after its header line, on a thread of its own: it hashes the file,
     finds the line each record starts on, and checks that pyarrow's CSV parser reads the records as Python's
-    `csv.reader(strict=True)` (the careful path) does. The two differ on quoting that Python refuses or reads
-    literally and pyarrow reads its own way (`"ab"c`, `"x" ,y`, ` "x"`, `ab"c`), on a carriage return outside
-    quotes that does not end a line, and on NUL bytes. Where every quote opens a field (after a comma, a
-    newline, or the quote before it: `""` inside quotes) or closes one (before a comma, a line end or a
-    quote), every carriage return outside quotes is followed by a newline, the quotes are balanced and no byte
-    is NUL, both read the same records the same way (tests/test_upload_csv.py compares them on generated
-    files). Whether a quote opens or closes follows from the count of quotes before it; a newline with an even
-    count before it ends a record. Anything else sets `problem`, and the upload starts over on the careful
-    path, which names what is wrong."""
+    `csv.reader(strict=True)` (the careful path) does. They differ on quoting Python refuses and pyarrow
+    reads its own way (`"ab"c` as `abc`, `"x" ,y` as `x `) and on a carriage return outside quotes that does
+    not end a line. Where every quote opens a field (after a comma, a newline, or the quote before it: `""`
+    inside quotes) or closes one (before a comma, a line end or a quote), every carriage return outside
+    quotes is followed by a newline, the quotes are balanced and no byte is NUL, both read the same records
+    the same way (tests/test_upload_csv.py compares them on generated files). Whether a quote opens or
+    closes follows from the count of quotes before it; a newline with an even count before it ends a record.
+    Anything else sets `problem`, and the upload starts over on the careful path, which names what is wrong;
+    that includes quotes inside unquoted fields (` "x"`, `ab"c`) and NUL, which both read alike but the scan
+    does not prove."""
 
     block_bytes = 8 << 20  # read and checked at a time (tests make it a few bytes)
 
