@@ -122,7 +122,7 @@ def test_pyarrow_reads_what_the_csv_module_reads_or_leaves_the_file(
     assert taken > 300 and left > 300, (taken, left)
 
 
-def test_files_the_csv_module_refuses_are_left_to_the_careful_path(tmp_path: Path) -> None:
+def test_files_the_scan_does_not_prove_alike_are_left_to_the_careful_path(tmp_path: Path) -> None:
     """Each of these is read differently by pyarrow and Python's csv, refused by one of them, or not proven
     alike by the scan (a quote inside an unquoted field, NUL, a carriage return at the very end)."""
     bad = [
