@@ -247,3 +247,21 @@ def test_a_typed_key_column_is_refused_at_the_header_unless_left_out(engine, tmp
     res = engine.datasets.upload("typed", path, metadata_fields=["topic"])
     assert res.rows_added == 2
     assert [r.metadata for r in engine.datasets.rows("typed").rows] == [{"topic": "cards"}] * 2
+
+
+def test_a_quoted_header_after_a_byte_order_mark(
+    engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What pandas writes with encoding="utf-8-sig" and quoting=csv.QUOTE_ALL: the mark is not part of the
+    first field, so the quotes after it open that field (both paths)."""
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b'\xef\xbb\xbf"row_id","prompt","response"\r\n"a","p","r"\r\n"b","q, and more","s"\r\n')
+    fast, per_row = _both(engine, monkeypatch, path, "bom")
+    with monkeypatch.context() as m:
+        m.setattr(formats, "arrow_csv", _no_arrow)
+        engine.datasets.upload("careful", path)
+    assert fast == per_row == _stored(engine, "careful")
+    assert [(r.row_id, r.prompt) for r in engine.datasets.rows("bom-fast").rows] == [
+        ("a", "p"),
+        ("b", "q, and more"),
+    ]

@@ -819,6 +819,8 @@ def read_csv(src: SourceFile, mapping: Mapping, errors: Errors) -> Iterator[Batc
             try:
                 for raw in f:  # split at b"\n", which never falls inside a UTF-8 sequence
                     state["line"] += 1
+                    if state["line"] == 1 and raw.startswith(_BOM):
+                        raw = raw[len(_BOM) :]  # not part of the first field (which may be quoted after it)
                     try:
                         yield raw.decode("utf-8")
                     except UnicodeDecodeError as e:
@@ -843,8 +845,6 @@ def read_csv(src: SourceFile, mapping: Mapping, errors: Errors) -> Iterator[Batc
     if bad_utf8:  # a header spanning lines
         first = min(bad_utf8)
         raise InvalidInput(bad_utf8[first], file=src.name, line=first)
-    if header and header[0].startswith("\ufeff"):
-        header[0] = header[0][1:]
     _check_csv_header(header, mapping, src.name)
     # Records are gathered as they are parsed; each batch is then normalised in DuckDB when every record in
     # it allows (`ColumnarRows`), else record by record. A record refused on its own (a wrong field count,
@@ -1138,12 +1138,9 @@ def _csv_header(first: bytes) -> list[str] | None:
     if not first.endswith(b"\n") or first.count(b'"') % 2 or b"\r" in first[:-2] or b"\0" in first:
         return None
     try:
-        header = next(csv.reader([first.decode("utf-8")], strict=True))
+        return next(csv.reader([first.removeprefix(_BOM).decode("utf-8")], strict=True))
     except (UnicodeDecodeError, csv.Error, StopIteration):
         return None
-    if header and header[0].startswith("\ufeff"):
-        header[0] = header[0][1:]
-    return header
 
 
 # pyarrow's CSV block. A record longer than a block is refused by pyarrow (the careful path then takes the
