@@ -504,3 +504,120 @@ def test_text_that_only_looks_like_lenient_json_stays_on_the_duckdb_decoder(
         batches = list(formats.duck_jsonl(formats.SourceFile(src)))
         assert sum(b.table.num_rows for b in batches) == 50 and refused == []
         assert batches[0].table.column("prompt")[0].as_py() == rows[0]["prompt"]
+
+
+def _chat_fuzz_lines(n: int, seed: int) -> list[str]:
+    """OpenAI chat JSONL lines built from pieces that test the chat query's proofs: extra and missing keys,
+    keys out of order, every JSON type where text belongs, escapes and separators inside text, layouts."""
+    import random
+
+    rnd = random.Random(seed)
+    texts = ["hi", 'a "quoted" word', "back\\slash", "new\nline", "tab\t", "é 😀", '", "content": "x', "",
+             "}, {", "\u2028", "\x7f", "esc\x1b", "vt\x0b", "nul\u0000", '{"role": "user"}', "/"]  # fmt: skip
+    values = [*texts, 5, True, None, ["a"], {"a": 1}]
+    roles = ["system", "user", "assistant", "tool", "developer", "robot", "", None, 3]
+    layouts = [(",", ":"), (", ", ": "), (",", ": "), (" ,", " : ")]
+    lines = []
+    for _ in range(n):
+        msgs: list[list[tuple[str, object]]] = []
+        for i in range(rnd.choice([1, 2, 2, 3, 4])):
+            good = rnd.random() < 0.8
+            role = rnd.choice(roles[:5] if good else roles)
+            if i == 0 and rnd.random() < 0.5:
+                role = "user"
+            pairs: list[tuple[str, object]] = [
+                ("role", role),
+                ("content", rnd.choice(texts if good else values)),
+            ]
+            if rnd.random() < 0.05:
+                pairs.append(("name", "x"))
+            if rnd.random() < 0.05:
+                pairs.reverse()
+            if rnd.random() < 0.03:
+                pairs.pop()
+            msgs.append(pairs)
+        if msgs and rnd.random() < 0.85:
+            msgs[-1][0] = ("role", "assistant") if msgs[-1][0][0] == "role" else msgs[-1][0]
+        item, key_sep = rnd.choice(layouts)
+        ascii_only = rnd.random() < 0.3
+
+        def dump(v: object, sep: tuple[str, str] = (item, key_sep), ascii_only: bool = ascii_only) -> str:
+            return json.dumps(v, ensure_ascii=ascii_only, separators=sep)
+
+        body = "[" + item.join(
+            "{" + item.join(dump(k) + key_sep + dump(v) for k, v in m) + "}" for m in msgs
+        ) + "]"  # fmt: skip
+        top = [("messages", body)]
+        if rnd.random() < 0.05:
+            top.append((rnd.choice(["row_id", "metadata", "extra"]), '"x"'))
+        line = "{" + item.join(dump(k) + key_sep + v for k, v in top) + "}"
+        if rnd.random() < 0.3:  # \u001B where json.dumps writes \u001b (as DuckDB's to_json writes it)
+            line = re.sub(r"\\u00([01][a-f])", lambda g: "\\u00" + g.group(1).upper(), line)
+        lines.append(line)
+    return lines
+
+
+def test_the_chat_query_keeps_only_what_the_careful_path_reads_the_same(tmp_path: Path) -> None:
+    """For each generated chat line, the DuckDB chat query either refuses it (the careful path then reads the
+    file) or keeps exactly what the careful path stores."""
+    lines = _chat_fuzz_lines(1500, seed=11)
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(t + "\n" for t in lines), encoding="utf-8")
+    stop = "THEN error('opentracy: needs the careful path') ELSE true END"
+    sql = formats._DUCK_CHAT_SQL
+    assert stop in sql and sql.count("SELECT NULL::VARCHAR AS row_id") == 1
+    sql = sql.replace(stop, "THEN false ELSE true END").replace(
+        "SELECT NULL::VARCHAR AS row_id", "SELECT line, NULL::VARCHAR AS row_id"
+    )
+    con = formats.decode_connection()
+    try:
+        kept = {
+            r["line"]: r
+            for r in con.sql(formats.duck_jsonl_sql(str(path), "none", sql)).to_arrow_table().to_pylist()
+        }
+    finally:
+        con.close()
+    checked = 0
+    for i, text in enumerate(lines):
+        if text not in kept:
+            continue
+        one = tmp_path / f"{i}.jsonl"
+        one.write_text(text + "\n", encoding="utf-8")
+        try:
+            (c,) = [
+                b.table.to_pylist()
+                for b in formats.read_jsonl(
+                    formats.SourceFile(one), formats.Mapping(), formats.Errors(file=one.name), chat=True
+                )
+            ]
+        except InvalidInput as e:
+            pytest.fail(f"DuckDB keeps a chat line the careful path refuses ({e}): {text!r}")
+        got, want = kept[text], c[0]
+        assert (got["row_id"], got["prompt"], got["prompt_messages"], got["response"], got["metadata"]) == (
+            want["row_id"], want["prompt"], want["prompt_messages"], want["response"], want["metadata"]
+        ), text  # fmt: skip
+        checked += 1
+    assert checked > 150 and len(lines) - checked > 600, (checked, len(lines))
+
+
+def test_chat_jsonl_files_store_alike_on_both_paths(engine, tmp_path: Path, monkeypatch) -> None:
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f'q {i} é \n "x"'},
+                {"role": "assistant", "content": f"a {i}"},
+            ]
+        }
+        for i in range(50)
+    ]
+    for spaced in (False, True):
+        path = tmp_path / f"chat-{spaced}.jsonl"
+        sep = (", ", ": ") if spaced else (",", ":")
+        path.write_text("".join(json.dumps(r, ensure_ascii=False, separators=sep) + "\n" for r in rows))
+        refused = _record_refusals(monkeypatch)
+        engine.datasets.upload(f"duck-{spaced}", path, format="openai")
+        assert refused == []  # the DuckDB chat query took every line
+        with monkeypatch.context() as m:
+            m.setattr(formats, "FAST_JSONL_MIN_BYTES", 1 << 40)
+            engine.datasets.upload(f"careful-{spaced}", path, format="openai")
+        assert _stored(engine, f"duck-{spaced}") == _stored(engine, f"careful-{spaced}")

@@ -594,6 +594,46 @@ WHERE CASE
                            OR t[1] NOT IN ('VARCHAR', 'NULL') OR t[4] NOT IN ('OBJECT', 'NULL')))
   THEN error('opentracy: needs the careful path') ELSE true END
 """
+# OpenAI chat JSONL decoded in DuckDB, in the plain case: `{"messages": [...]}` and nothing else, each message
+# exactly {"role", "content"} in that order, both text. As in the spec query above, the messages are written
+# back (quoted as they are where the line has no backslash, by to_json elsewhere) and the line must equal them
+# written compact or in json.dumps' layout, which proves the keys, their order and the types. A line kept
+# here is one the careful path (`Normaliser._add_chat`) maps to: every message but the last as the prompt,
+# whose JSON — msgspec's on that path — is the parts written back (DuckDB escapes nine control characters
+# with capital hex digits where msgspec uses small ones: a line holding one goes to the careful path), the
+# last one's content as the response, no row id, no metadata. Any other line stops the query.
+_DUCK_CHAT_SQL = """
+WITH j AS (
+  SELECT line, contains(line, '\\') AS esc,
+         json_transform(line, '{{"messages":[{{"role":"VARCHAR","content":"VARCHAR"}}]}}').messages AS m
+  FROM read_csv('{path}', columns = {{'line': 'VARCHAR'}}, header = false, delim = chr(1), quote = '',
+                escape = '', auto_detect = false, max_line_size = 4194304, buffer_size = 8388608,
+                compression = '{compression}')
+), p AS (
+  SELECT *,
+         CASE WHEN esc THEN list_transform(m, lambda x: concat('{{"role":', to_json(x.role), ',"content":',
+                                                                to_json(x.content), '}}'))
+              ELSE list_transform(m, lambda x: concat('{{"role":"', x.role, '","content":"', x.content, '"}}'))
+              END AS parts
+  FROM j
+)
+SELECT NULL::VARCHAR AS row_id, concat('[', array_to_string(list_slice(parts, 1, len(parts) - 1), ','), ']') AS prompt,
+       true AS prompt_messages, m[len(m)].content AS response, '{{}}' AS metadata,
+       CASE WHEN false THEN row_digest('') END AS row_hash
+FROM p
+WHERE CASE
+  WHEN m IS NULL OR len(m) < 2 OR m[len(m)].role IS DISTINCT FROM 'assistant'
+    OR NOT list_bool_and(list_transform(m, lambda x: x IS NOT NULL AND x.role IN ({roles}) AND x.content IS NOT NULL
+                                                     AND NOT regexp_matches(x.content, '{capital}')))
+    OR NOT CASE WHEN line = concat('{{"messages":[', array_to_string(parts, ','), ']}}') THEN true
+                WHEN esc THEN line = concat('{{"messages": [', array_to_string(list_transform(m, lambda x: concat(
+                                  '{{"role": ', to_json(x.role), ', "content": ', to_json(x.content), '}}')), ', '), ']}}')
+                ELSE line = concat('{{"messages": [', array_to_string(list_transform(m, lambda x: concat(
+                                  '{{"role": "', x.role, '", "content": "', x.content, '"}}')), ', '), ']}}') END
+  THEN error('opentracy: needs the careful path') ELSE true END
+"""
+
+
 # What DuckDB's JSON reader takes beyond the JSON standard (which the line-by-line readers hold to): trailing
 # commas, NaN and Infinity (any case), and numbers with exponents from 308 up, which Python reads as inf or
 # 0.0 where DuckDB keeps their text. JSON text holding one of these token sequences goes to the careful path.
@@ -647,7 +687,11 @@ def _digests(col: pa.ChunkedArray) -> pa.ChunkedArray:
 def duck_jsonl_sql(path: str, compression: str, template: str | None = None) -> str:
     """The decode query over one file (`path` quoted for SQL already)."""
     return (template or _DUCK_JSONL_SQL).format(
-        path=path, compression=compression, lenient=LENIENT_JSON_RE.replace("'", "''")
+        path=path,
+        compression=compression,
+        lenient=LENIENT_JSON_RE.replace("'", "''"),
+        roles=", ".join(_literal(r) for r in sorted(MESSAGE_ROLES)),
+        capital=_CAPITAL_ESCAPES,
     )
 
 
@@ -662,7 +706,7 @@ def decode_connection() -> Any:
     return con
 
 
-def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 32_768) -> Iterator[Batch]:
+def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 32_768, chat: bool = False) -> Iterator[Batch]:
     """The rows of a spec JSONL file decoded by DuckDB: in parallel and off the GIL, so the decoding no
     longer holds back the rest of the pipeline (docs/decisions/0002). Yields the same batches as
     `read_jsonl` would for a clean file; raises NeedsCarefulPath, before or after some batches, when it meets anything else (the caller
@@ -705,7 +749,7 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 32_768) -> Iterator[Bat
 
         path = str(src.path).replace("'", "''")
         try:
-            sql = duck_jsonl_sql(path, src.compression or "none")
+            sql = duck_jsonl_sql(path, src.compression or "none", _DUCK_CHAT_SQL if chat else None)
             reader = con.sql(sql).to_arrow_reader(batch_size=rows_per_batch)
             for rbs, _ in _gathered(((rb, 0.0) for rb in reader), rows_per_batch):
                 table = pa.Table.from_batches(rbs)
@@ -1801,7 +1845,7 @@ def open_source(
         batches = read_jsonl(src, mapping, errs, chat=fmt == "openai", chunk_bytes=chunk_bytes)
         fast = None
         if (
-            fmt == "jsonl"
+            fmt in ("jsonl", "openai")
             and mapping.is_default
             and src.size >= FAST_JSONL_MIN_BYTES
             and src.compression
@@ -1812,7 +1856,7 @@ def open_source(
         ):
             # rows per batch follow the ingest granularity setting (4 MB: 32,768 rows)
             per_batch = max(256, min(32_768, chunk_bytes // 128))
-            fast = functools.partial(duck_jsonl, src, rows_per_batch=per_batch)
+            fast = functools.partial(duck_jsonl, src, rows_per_batch=per_batch, chat=fmt == "openai")
         return OpenedSource(fmt, _require_rows(batches, errs, name, src.size == 0), errs, src, fast=fast)
     if fmt == "csv":
         src = SourceFile(p, name)
