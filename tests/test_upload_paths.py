@@ -261,40 +261,53 @@ def _fuzz_lines(n: int, seed: int) -> list[str]:
     return lines
 
 
+def _kept_by(template: str, select: str, lines: list[str], tmp_path: Path) -> pa.Table:
+    """The rows a decode query keeps of `lines`, each with its line: one query over all of them, the query's
+    refusal turned into a filter."""
+    path = tmp_path / "fuzz.jsonl"
+    path.write_text("".join(t + "\n" for t in lines), encoding="utf-8")
+    stop = "THEN error('opentracy: needs the careful path') ELSE true END"
+    assert stop in template and template.count(select) == 1
+    sql = template.replace(stop, "THEN false ELSE true END").replace(select, "SELECT line, " + select[7:])
+    con = formats.decode_connection()
+    try:
+        return con.sql(formats.duck_jsonl_sql(str(path), "none", sql)).to_arrow_table()
+    finally:
+        con.close()
+
+
+def _careful_row(path: Path, text: str, *, chat: bool) -> dict:
+    """The row the careful path makes of one line; the test fails if it refuses the line."""
+    path.write_text(text + "\n", encoding="utf-8")
+    try:
+        (c,) = [
+            b.table.to_pylist()
+            for b in formats.read_jsonl(
+                formats.SourceFile(path), formats.Mapping(), formats.Errors(file=path.name), chat=chat
+            )
+        ]
+    except InvalidInput as e:
+        pytest.fail(f"DuckDB keeps a line the careful path refuses ({e}): {text!r}")
+    return c[0]
+
+
 def test_the_duckdb_decoder_keeps_only_what_the_careful_path_reads_the_same(tmp_path: Path) -> None:
     # Soundness of the decoder's text proofs: for each line, DuckDB either refuses it (the careful path then
     # reads the file) or keeps exactly what the careful path stores, with the row hash ROW_HASH_SQL gives.
     # One query over all the lines, the decoder's refusal turned into a filter, each kept row with its line.
     lines = _fuzz_lines(1500, seed=7)
-    path = tmp_path / "fuzz.jsonl"
-    path.write_text("".join(t + "\n" for t in lines), encoding="utf-8")
-    stop = "THEN error('opentracy: needs the careful path') ELSE true END"
-    sql = formats._DUCK_JSONL_SQL
-    assert stop in sql and sql.count("SELECT row_id, prompt, false AS prompt_messages") == 1
-    sql = sql.replace(stop, "THEN false ELSE true END").replace(
-        "SELECT row_id, prompt, false AS prompt_messages",
-        "SELECT line, row_id, prompt, false AS prompt_messages",
+    table = _kept_by(
+        formats._DUCK_JSONL_SQL, "SELECT row_id, prompt, false AS prompt_messages", lines, tmp_path
     )
     con = formats.decode_connection()
     try:
-        table = con.sql(formats.duck_jsonl_sql(str(path), "none", sql)).to_arrow_table()
         table = table.set_column(6, "row_hash", formats._digests(table.column("row_hash")))
         kept = {r["line"]: r for r in table.to_pylist()}
         checked = 0
         for i, text in enumerate(lines):
             if text not in kept:
                 continue
-            one = tmp_path / f"{i}.jsonl"
-            one.write_text(text + "\n", encoding="utf-8")
-            errors = formats.Errors(file=one.name)
-            try:
-                (c,) = [
-                    b.table.to_pylist()
-                    for b in formats.read_jsonl(formats.SourceFile(one), formats.Mapping(), errors)
-                ]
-            except InvalidInput as e:
-                pytest.fail(f"DuckDB keeps a line the careful path refuses ({e}): {text!r}")
-            c = c[0]
+            c = _careful_row(tmp_path / f"{i}.jsonl", text, chat=False)
             (c_meta,) = con.execute("SELECT CAST(json(?) AS VARCHAR)", [c["metadata"]]).fetchone()
             want_hash = None
             if c["row_id"] is not None:
@@ -561,38 +574,18 @@ def test_the_chat_query_keeps_only_what_the_careful_path_reads_the_same(tmp_path
     """For each generated chat line, the DuckDB chat query either refuses it (the careful path then reads the
     file) or keeps exactly what the careful path stores."""
     lines = _chat_fuzz_lines(1500, seed=11)
-    path = tmp_path / "chat.jsonl"
-    path.write_text("".join(t + "\n" for t in lines), encoding="utf-8")
-    stop = "THEN error('opentracy: needs the careful path') ELSE true END"
-    sql = formats._DUCK_CHAT_SQL
-    assert stop in sql and sql.count("SELECT NULL::VARCHAR AS row_id") == 1
-    sql = sql.replace(stop, "THEN false ELSE true END").replace(
-        "SELECT NULL::VARCHAR AS row_id", "SELECT line, NULL::VARCHAR AS row_id"
-    )
-    con = formats.decode_connection()
-    try:
-        kept = {
-            r["line"]: r
-            for r in con.sql(formats.duck_jsonl_sql(str(path), "none", sql)).to_arrow_table().to_pylist()
-        }
-    finally:
-        con.close()
+    kept = {
+        r["line"]: r
+        for r in _kept_by(
+            formats._DUCK_CHAT_SQL, "SELECT NULL::VARCHAR AS row_id", lines, tmp_path
+        ).to_pylist()
+    }
     checked = 0
     for i, text in enumerate(lines):
         if text not in kept:
             continue
-        one = tmp_path / f"{i}.jsonl"
-        one.write_text(text + "\n", encoding="utf-8")
-        try:
-            (c,) = [
-                b.table.to_pylist()
-                for b in formats.read_jsonl(
-                    formats.SourceFile(one), formats.Mapping(), formats.Errors(file=one.name), chat=True
-                )
-            ]
-        except InvalidInput as e:
-            pytest.fail(f"DuckDB keeps a chat line the careful path refuses ({e}): {text!r}")
-        got, want = kept[text], c[0]
+        c = _careful_row(tmp_path / f"{i}.jsonl", text, chat=True)
+        got, want = kept[text], c
         assert (got["row_id"], got["prompt"], got["prompt_messages"], got["response"], got["metadata"]) == (
             want["row_id"], want["prompt"], want["prompt_messages"], want["response"], want["metadata"]
         ), text  # fmt: skip

@@ -706,6 +706,18 @@ def decode_connection() -> Any:
     return con
 
 
+def _peek(src: SourceFile, read: Callable[[BinaryIO], bytes]) -> bytes:
+    """What `read` takes from the start of the file's content (nothing hashed). A compressed file that cannot
+    be read raises NeedsCarefulPath: the careful path names the problem."""
+    try:
+        with open_content(src.path) as f:
+            return read(f)
+    except _DAMAGED as e:
+        if not src.compression:
+            raise
+        raise NeedsCarefulPath(f"{src.compression}: {e}") from None
+
+
 def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 32_768, chat: bool = False) -> Iterator[Batch]:
     """The rows of a spec JSONL file decoded by DuckDB: in parallel and off the GIL, so the decoding no
     longer holds back the rest of the pipeline (docs/decisions/0002). Yields the same batches as
@@ -731,13 +743,7 @@ def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 32_768, chat: bool = Fa
 
     # Progress until the hasher has counted every line: rows over the count the first 4 MB suggest (of a
     # gzip file's content: ~5x its size, as JSONL compresses).
-    try:
-        with open_content(src.path) as f:
-            head = f.read(4 << 20)
-    except _DAMAGED as e:
-        if not src.compression:
-            raise
-        raise NeedsCarefulPath(f"{src.compression}: {e}") from None  # which names the problem
+    head = _peek(src, lambda f: f.read(4 << 20))
     size = src.size * (5 if src.compression else 1)
     guess = max(1, round(size * max(1, head.count(b"\n")) / max(1, len(head))))
     hasher = threading.Thread(target=digest, name="source-hash", daemon=True)
@@ -893,14 +899,7 @@ def read_csv(src: SourceFile, mapping: Mapping, errors: Errors) -> Iterator[Batc
     # Records are gathered as they are parsed; each batch is then normalised in DuckDB when every record in
     # it allows (`ColumnarRows`), else record by record. A record refused on its own (a wrong field count,
     # malformed CSV, bad UTF-8) first sends the records before it on, so problems are met in file order.
-    fast = ColumnarRows.plan(
-        pa.schema([(h, pa.string()) for h in header]),
-        mapping,
-        chat=False,
-        flag=False,
-        drop_meta_nulls=False,
-        empty_prompt=False,
-    )
+    fast = _csv_plan(header, mapping)
     records: list[list[str]] = []
     wheres: list[int] = []
 
@@ -963,6 +962,14 @@ def read_csv(src: SourceFile, mapping: Mapping, errors: Errors) -> Iterator[Batc
     finally:
         if fast is not None:
             fast.close()
+
+
+def _csv_plan(header: list[str], mapping: Mapping) -> ColumnarRows | None:
+    """How a batch of CSV records (all text; an empty cell is a missing prompt) is normalised in DuckDB."""
+    schema = pa.schema([(h, pa.string()) for h in header])
+    return ColumnarRows.plan(
+        schema, mapping, chat=False, flag=False, drop_meta_nulls=False, empty_prompt=False
+    )
 
 
 def _check_csv_header(header: list[str], mapping: Mapping, name: str) -> None:
@@ -1201,13 +1208,7 @@ def arrow_csv(src: SourceFile, mapping: Mapping, *, rows_per_batch: int | None =
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    try:
-        with open_content(src.path) as f:
-            first = f.readline(1 << 20)
-    except _DAMAGED as e:
-        if not src.compression:
-            raise
-        raise NeedsCarefulPath(f"{src.compression}: {e}") from None  # which names the problem
+    first = _peek(src, lambda f: f.readline(1 << 20))
     header = _csv_header(first)
     if header is None or len(header) < 2:
         raise NeedsCarefulPath("CSV: the header")
@@ -1215,14 +1216,7 @@ def arrow_csv(src: SourceFile, mapping: Mapping, *, rows_per_batch: int | None =
         _check_csv_header(header, mapping, src.name)
     except InvalidInput:
         raise NeedsCarefulPath("CSV: the header") from None  # which read_csv names as it is
-    fast = ColumnarRows.plan(
-        pa.schema([(h, pa.string()) for h in header]),
-        mapping,
-        chat=False,
-        flag=False,
-        drop_meta_nulls=False,
-        empty_prompt=False,
-    )
+    fast = _csv_plan(header, mapping)
     if fast is None:
         raise NeedsCarefulPath("CSV: columns read row by row")
     raw = pa.OSFile(str(src.path))
