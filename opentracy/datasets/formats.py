@@ -719,10 +719,11 @@ def _peek(src: SourceFile, read: Callable[[BinaryIO], bytes]) -> bytes:
 
 
 def duck_jsonl(src: SourceFile, *, rows_per_batch: int = 32_768, chat: bool = False) -> Iterator[Batch]:
-    """The rows of a spec JSONL file decoded by DuckDB: in parallel and off the GIL, so the decoding no
-    longer holds back the rest of the pipeline (docs/decisions/0002). Yields the same batches as
-    `read_jsonl` would for a clean file; raises NeedsCarefulPath, before or after some batches, when it meets anything else (the caller
-    then starts over with `read_jsonl`, which names bad lines). A reader thread hashes the file meanwhile."""
+    """The rows of a spec JSONL file (`chat`: an OpenAI chat JSONL file, `_DUCK_CHAT_SQL`) decoded by DuckDB:
+    in parallel and off the GIL, so the decoding no longer holds back the rest of the pipeline
+    (docs/decisions/0002). Yields the same batches as `read_jsonl` would for a clean file; raises
+    NeedsCarefulPath, before or after some batches, when it meets anything else (the caller then starts over
+    with `read_jsonl`, which names bad lines). A reader thread hashes the file meanwhile."""
     total_lines: list[int] = []
     hashed = threading.Event()
     failure: list[BaseException] = []
