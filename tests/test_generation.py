@@ -540,3 +540,17 @@ def test_progress_per_phase_and_cancel(engine, tmp_path):
     with pytest.raises(errors.NotFound):
         gen.datasets.get("docs2")
     assert list(gen.settings.staging_dir.iterdir()) == []
+
+
+def test_a_csv_seed_prompt_may_be_longer_than_the_csv_modules_default_limit() -> None:
+    """Python's csv refuses fields over 131,072 characters unless told otherwise; a long seed prompt is fine."""
+    import csv
+
+    limit = csv.field_size_limit()
+    csv.field_size_limit(131_072)  # as in a fresh process, whatever an earlier test lifted
+    try:
+        long = "word " * 60_000
+        seeds = parse_seeds(f'prompt,topic\n"{long}",x\nshort,y\n'.encode(), name="long.csv")
+        assert [s.messages[-1]["content"] for s in seeds.items] == [long, "short"]
+    finally:
+        csv.field_size_limit(limit)

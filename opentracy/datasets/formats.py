@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from opentracy._arrow import from_numpy
+from opentracy._csv import reader as strict_csv
 from opentracy.datasets.rows import MESSAGE_ROLES, check_messages, check_metadata, type_name
 from opentracy.datasets.suffixes import SUFFIX_FORMATS
 from opentracy.errors import InvalidInput
@@ -883,10 +884,7 @@ def read_csv(src: SourceFile, mapping: Mapping, errors: Errors) -> Iterator[Batc
             except _DAMAGED as e:  # a damaged compressed file (a plain file's I/O errors pass as they are)
                 raise src.read_error(e, state["line"] + 1) from None
 
-    # Python's csv refuses a field over 128 KB by default; a prompt may be longer (JSONL lines go to 4 MB and
-    # beyond), and pyarrow's parser, which reads most CSV files (`arrow_csv`), has no such limit.
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    reader = csv.reader(lines(), strict=True)
+    reader = strict_csv(lines())  # fields of any length, as pyarrow's parser (`arrow_csv`) reads them
     try:
         header = next(reader)
     except StopIteration:
@@ -1190,7 +1188,7 @@ def _csv_header(first: bytes) -> list[str] | None:
     if not first.endswith(b"\n") or first.count(b'"') % 2 or b"\r" in first[:-2] or b"\0" in first:
         return None
     try:
-        return next(csv.reader([first.removeprefix(_BOM).decode("utf-8")], strict=True))
+        return next(strict_csv([first.removeprefix(_BOM).decode("utf-8")]))
     except (UnicodeDecodeError, csv.Error, StopIteration):
         return None
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from opentracy._csv import reader as strict_csv
 from opentracy.distillation.generation.config import RESERVED_META, SeedOptions
 from opentracy.errors import InvalidInput
 
@@ -272,7 +273,7 @@ def _jsonl(text: str, opts: SeedOptions, tpl: Template | None, file: str, out: S
 
 def _csv(text: str, opts: SeedOptions, tpl: Template | None, file: str, out: SeedFile) -> Iterator[Seed]:
     delim = "\t" if file.lower().endswith(".tsv") else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim, strict=True)
+    reader = strict_csv(io.StringIO(text, newline=""), delimiter=delim)
     try:
         header = next(reader)
     except csv.Error as e:
