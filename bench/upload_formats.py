@@ -5,7 +5,8 @@ and gzip CSV, Parquet, and gzip and xz JSONL, through the library, in one proces
 
 The rows are the first N of the upload benchmark's file (bench/gen_jsonl.py, json.dumps layout, the seed of
 bench/upload.py), written under /tmp/opentracy-bench; CSV and Parquet have the spec's columns (metadata as
-JSON text, as opentracy's own export writes them); the chat files hold the same prompts and responses as
+JSON text, as opentracy's own export writes them; struct.parquet has it as a struct column, as pyarrow, pandas
+and `datasets` write metadata dicts); the chat files hold the same prompts and responses as
 chat examples (OpenAI chat JSONL, and a Parquet `messages` column of role/content structs).
 Prints each format's median wall and CPU seconds and its time against plain JSONL's.
 """
@@ -57,6 +58,15 @@ def variants(jsonl: Path, work: Path, rows: int) -> dict[str, Path]:
         import pyarrow.parquet as pq
 
         pq.write_table(pcsv.read_csv(out["csv"]), out["parquet"])
+    # The spec rows as pyarrow, pandas and `datasets` write them: metadata dicts become a struct column.
+    out["struct.parquet"] = work / f"fmt-{rows}-struct.parquet"
+    if not out["struct.parquet"].exists():
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(
+            pa.Table.from_pylist([json.loads(x) for x in plain.splitlines()]), out["struct.parquet"]
+        )
     for name, base, pack in (
         ("jsonl.gz", out["jsonl"], gzip.compress),
         ("jsonl.xz", out["jsonl"], lzma.compress),
@@ -113,10 +123,10 @@ def main() -> None:
         engine.close()
     anchor = statistics.median(wall["jsonl"])
     print(f"{args.rows:,} rows, medians of {args.repeat}")
-    print(f"{'format':<12}  {'MB':>6}  {'seconds':>8}  {'CPU s':>6}  {'x JSONL time':>12}")
+    print(f"{'format':<14}  {'MB':>6}  {'seconds':>8}  {'CPU s':>6}  {'x JSONL time':>12}")
     for name, path in files.items():
         w, c = statistics.median(wall[name]), statistics.median(cpu[name])
-        print(f"{name:<12}  {os.path.getsize(path) / 1e6:6.1f}  {w:8.2f}  {c:6.2f}  {w / anchor:12.2f}")
+        print(f"{name:<14}  {os.path.getsize(path) / 1e6:6.1f}  {w:8.2f}  {c:6.2f}  {w / anchor:12.2f}")
 
 
 if __name__ == "__main__":

@@ -276,6 +276,155 @@ def test_save_to_disk_batches_are_gathered(engine, tmp_path: Path, monkeypatch, 
     ]
 
 
+# A `metadata` struct column: what pa.Table.from_pylist, pandas and `datasets` make of spec rows' metadata dicts.
+
+_ODD = "".join(chr(i) for i in range(1, 128)) + "é€😀\u2028 \u001b"
+
+
+def _struct_rows(n: int) -> list[dict[str, Any]]:
+    floats = [0.1, 1e20, -0.0, 5e-324, 1.7976931348623157e308, 1.0, 2.5e-7, None]
+    rows = []
+    for i in range(n):
+        meta: dict[str, Any] | None = {
+            "source_trace_id": None if i % 5 == 0 else f"t_{i:04x}",
+            "cluster_id": i % 3,
+            "judge_score": floats[i % len(floats)],
+            "tags": None if i % 7 == 0 else ["a", _ODD] if i % 2 else [],
+            'odd "key", ü': _ODD[i % len(_ODD) :],
+            "big": 2**63 - 1 - i,
+            "flag": i % 2 == 0,
+            "counts": [i, -i, None],
+        }
+        rows.append(
+            {
+                "row_id": None if i % 4 == 1 else f"row-{i}",
+                "prompt": f"prompt {i} {_ODD}",
+                "response": f"response {i}",
+                "metadata": None if i % 6 == 5 else meta,
+            }
+        )
+    return rows
+
+
+def test_struct_metadata_is_stored_alike_by_both_paths(
+    engine, tmp_path: Path, monkeypatch, fast_batches: list[bool]
+) -> None:
+    rows = _struct_rows(22)
+    schema = pa.schema(
+        [
+            ("row_id", pa.string()),
+            ("prompt", pa.string()),
+            ("response", pa.large_string()),
+            (
+                "metadata",
+                pa.struct(
+                    [
+                        ("source_trace_id", pa.string()),
+                        ("cluster_id", pa.int32()),
+                        ("judge_score", pa.float64()),
+                        ("tags", pa.large_list(pa.string())),
+                        ('odd "key", ü', pa.large_string()),
+                        ("big", pa.uint64()),
+                        ("flag", pa.bool_()),
+                        ("counts", pa.list_(pa.int64())),
+                        ("nothing", pa.null()),
+                    ]
+                ),
+            ),
+        ]
+    )
+    path = tmp_path / "struct.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    fast, per_row = _both(engine, monkeypatch, path, "struct")
+    assert fast == per_row and len(fast) == 22
+    assert fast_batches and all(fast_batches)
+    stored = engine.datasets.rows("struct-fast", limit=100).rows
+    assert stored[5].metadata == {}  # a null struct
+    assert stored[0].metadata == {  # null fields left out (source_trace_id, tags, nothing), as per row
+        "cluster_id": 0, "judge_score": 0.1, 'odd "key", ü': _ODD, "big": 2**63 - 1, "flag": True,
+        "counts": [0, 0, None],
+    }  # fmt: skip
+    assert stored[1].metadata["tags"] == ["a", _ODD] and stored[1].metadata["big"] == 2**63 - 2
+
+
+def test_struct_metadata_parquet_stores_what_the_jsonl_stores(
+    engine, tmp_path: Path, monkeypatch, fast_batches: list[bool], write_jsonl
+) -> None:
+    """Spec rows written to Parquet by pyarrow (metadata dicts become a struct, keys a row lacks become
+    nulls) are stored as the same rows written as JSONL. (A struct has one field order, the first row's
+    keys first: a row whose keys come in another order is stored in the struct's.)"""
+    rows = [dict(r, metadata=r["metadata"] or {}) for r in _struct_rows(22) if r["row_id"]]
+    for r in rows:
+        r["metadata"] = {k: v for k, v in r["metadata"].items() if v is not None}
+    rows[0]["metadata"] = dict(rows[1]["metadata"])  # every key, in the order all rows have them
+    rows[3]["metadata"] = {}
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    engine.datasets.upload("from-parquet", path)
+    engine.datasets.upload("from-jsonl", write_jsonl(rows))
+    assert _stored(engine, "from-parquet") == _stored(engine, "from-jsonl")
+    assert fast_batches and all(fast_batches)
+
+
+def test_struct_metadata_rows_the_per_row_path_changes_are_left_to_it(
+    engine, tmp_path: Path, monkeypatch, fast_batches: list[bool]
+) -> None:
+    rows = _struct_rows(12)
+    rows[6]["metadata"]["x"] = float("nan")  # stored as null per row (DuckDB's to_json writes NaN)
+    rows[10]["metadata"]["x"] = float("-inf")
+    path = tmp_path / "nan.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    fast, per_row = _both(engine, monkeypatch, path, "nan")
+    assert fast == per_row and fast_batches == [True, False, False]
+    stored = engine.datasets.rows("nan-fast", limit=100).rows
+    assert stored[6].metadata["x"] is None and stored[10].metadata["x"] is None
+
+
+def test_a_bad_struct_metadata_row_is_named_by_its_row_number(engine, tmp_path: Path, monkeypatch) -> None:
+    rows = _struct_rows(12)
+    rows[9]["metadata"]["tags"] = None
+    path = tmp_path / "bad.parquet"
+    t = pa.Table.from_pylist(rows)
+    i = t.schema.get_field_index("metadata")
+    meta = t.column(i).combine_chunks()
+    tags = pa.array([[1, 2] if j == 9 else None for j in range(12)], pa.list_(pa.int64()))
+    bad = pa.StructArray.from_arrays(
+        [meta.field(k) if meta.type.field(k).name != "tags" else tags for k in range(meta.type.num_fields)],
+        fields=[meta.type.field(k) if meta.type.field(k).name != "tags" else pa.field("tags", tags.type)
+                for k in range(meta.type.num_fields)],
+    )  # fmt: skip
+    pq.write_table(t.set_column(i, "metadata", bad), path)
+    for refusal in _refusals(engine, monkeypatch, path):
+        assert "bad.parquet" in refusal and "row 10" in refusal and "metadata.tags" in refusal, refusal
+
+
+@pytest.mark.parametrize(
+    "field_type,value",
+    [
+        (pa.struct([("z", pa.int64())]), {"z": None}),
+        (pa.list_(pa.float64()), [0.5, None]),
+        (pa.timestamp("s"), 1),
+        (pa.float32(), 0.1),
+    ],
+    ids=["nested-struct", "list-of-floats", "timestamp", "float32"],
+)
+def test_struct_metadata_of_other_types_goes_row_by_row(
+    engine, tmp_path: Path, monkeypatch, fast_batches: list[bool], field_type: pa.DataType, value: Any
+) -> None:
+    t = pa.table(
+        {
+            "prompt": ["a", "b"],
+            "response": ["r", "s"],
+            "metadata": pa.array(
+                [{"k": value, "n": 1}, None], pa.struct([("k", field_type), ("n", pa.int64())])
+            ),
+        }
+    )
+    pq.write_table(t, tmp_path / "other.parquet")
+    fast, per_row = _both(engine, monkeypatch, tmp_path / "other.parquet", "other")
+    assert fast == per_row and fast_batches == []  # not planned
+
+
 # CSV: parsed by Python's csv module as before; the parsed records are then normalised a batch at a time.
 
 

@@ -1335,10 +1335,48 @@ def _plain_json_type(t: pa.DataType) -> bool:
     )
 
 
+def _plain_struct(t: pa.DataType) -> bool:
+    """A `metadata` struct column DuckDB can write as the per-row path does: distinct field names, each of
+    a plain type or a list of text, integers or booleans (such as `tags`): what `pa.Table.from_pylist`,
+    pandas and `datasets` make of spec rows' metadata dicts."""
+    if not pa.types.is_struct(t):
+        return False
+    fields = [t.field(i) for i in range(t.num_fields)]
+    return len({f.name for f in fields}) == len(fields) and all(
+        _plain_json_type(f.type)
+        or (
+            (pa.types.is_list(f.type) or pa.types.is_large_list(f.type))
+            and _plain_json_type(f.type.value_type)
+            and not pa.types.is_floating(f.type.value_type)
+        )
+        for f in fields
+    )
+
+
+def _struct_metadata(t: pa.StructType) -> tuple[str, list[str]]:
+    """The JSON object of a `metadata` struct column, written in DuckDB as the per-row path writes the dict
+    Arrow gives it: fields in order, those that are null left out (concat_ws skips NULL arguments), a null
+    struct read as {}. And the conditions its rows need to be taken so: finite floats (the per-row path stores
+    NaN and infinities as null)."""
+    m = '"metadata"'
+    parts, ok = [], []
+    for i in range(t.num_fields):
+        f = t.field(i)
+        v = f"struct_extract({m}, {_literal(f.name)})"
+        parts.append(
+            f"CASE WHEN {v} IS NOT NULL THEN {_literal(json.dumps(f.name) + ':')} || to_json({v}) END"
+        )
+        if pa.types.is_float64(f.type):
+            ok.append(f"({v} IS NULL OR isfinite({v}))")
+    body = f"'{{' || concat_ws(',', {', '.join(parts)}) || '}}'" if parts else "'{}'"
+    return f"CASE WHEN {m} IS NULL THEN '{{}}' ELSE {body} END", ok
+
+
 class ColumnarRows:
     """The rows of Arrow batches (Parquet, Arrow, Hugging Face, CSV) normalised a batch at a time in DuckDB,
     where the per-row path would take each row as it is: text prompt and response, a row id that is text or
-    missing, metadata that is either a JSON object per row or built from plain columns. A batch with any row
+    missing, metadata that is a JSON object per row, a struct of plain fields (`_plain_struct`) or built from
+    plain columns. A batch with any row
     the per-row path would refuse or change (a missing prompt, an empty row id, metadata that is not an
     object, repeats a key, holds a null the per-row path drops or JSON only DuckDB reads, or gives a known
     key the wrong type) is not
@@ -1380,8 +1418,9 @@ class ColumnarRows:
         else:
             extras = [n for n in mapping.metadata_fields if n in names and n not in skip]
         has_meta = "metadata" in names
-        if has_meta and (extras or not _is_text(schema.field("metadata").type)):
-            return None  # merging the two, or a struct: the per-row path
+        meta_type = schema.field("metadata").type if has_meta else None
+        if has_meta and (extras or not (_is_text(meta_type) or _plain_struct(meta_type))):
+            return None  # merging the two, or a struct of other types: the per-row path
         if not all(_plain_json_type(schema.field(n).type) for n in extras):
             return None
         ok = [f"{_ident(pf)} IS NOT NULL", f"{_ident(rf)} IS NOT NULL"]
@@ -1393,7 +1432,10 @@ class ColumnarRows:
             ok.append('"prompt_messages" IS NOT TRUE')
         meta_ok = ["true"]
         keys = "NULL"
-        if has_meta:
+        if has_meta and pa.types.is_struct(meta_type):
+            meta, finite = _struct_metadata(meta_type)
+            ok += finite
+        elif has_meta:
             m = '"metadata"'
             meta = f"CASE WHEN {m} IS NULL OR {m} = '' THEN '{{}}' ELSE {m} END"
             # JSON (json_keys raises on anything else: the batch then goes row by row) and an object (the
