@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -277,6 +279,10 @@ def test_cli_import_list_show_export_to_dataset(server, engine: Engine, tmp_path
     p = write(tmp_path, [{**ours(i), "tags": ["cli"] if i < 4 else []} for i in range(6)])
     r = run("traces", "import", str(p))
     assert r.exit_code == 0 and "imported 6 traces" in r.output, r.output
+    gz = tmp_path / "more.jsonl.gz"  # through the server, packed
+    gz.write_bytes(gzip.compress(write(tmp_path, [ours(30), ours(31)], "more.jsonl").read_bytes()))
+    r = run("traces", "import", str(gz))
+    assert r.exit_code == 0 and "imported 2 traces" in r.output, r.output
     r = run("traces", "list", "--tag", "cli", "--json")
     assert r.exit_code == 0 and len(r.output.splitlines()) == 4
     r = run("traces", "list", "-q", "q5")
@@ -311,3 +317,56 @@ def test_listeners_hear_of_imported_traces_only_once_committed(engine: Engine, t
     assert engine.traces.count() == 5
     assert sorted(heard) == sorted(f"t_imp{i}" for i in range(5))
     assert all(isinstance(r, str) for r in heard)
+
+
+@pytest.mark.parametrize("pack", ["gzip", "bz2", "xz"])
+def test_compressed_files_are_read_as_they_decompress(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pack: str
+) -> None:
+    import bz2
+    import lzma
+
+    from opentracy.traces import importers
+
+    monkeypatch.setattr(importers, "BATCH", 250)  # progress is told once a batch
+    compress = {"gzip": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[pack]
+    rng = random.Random(5)
+    lines = [{**ours(i), "response": f"a{i} {rng.randbytes(24).hex()}"} for i in range(4000)]
+    plain = write(tmp_path, [*lines, "", "{oops"])
+    p = tmp_path / "traces.jsonl"  # no telling suffix: the first bytes say how it is packed
+    p.write_bytes(compress(plain.read_bytes()))
+    seen: list[float] = []
+    res = import_file(engine.traces, p, on_error="skip", progress=lambda f, _m: seen.append(f))
+    assert (res.inserted, res.lines, res.skipped) == (4000, 4002, 1) and res.skipped_items[0]["line"] == 4002
+    assert engine.traces.get("t_imp3999").response["message"]["content"] == lines[3999]["response"]
+    # progress follows the file's bytes as read, not the larger content they unpack to (bz2 unpacks whole
+    # blocks of up to 900 KB: this file is one, read at once)
+    assert len(seen) >= 10 and seen == sorted(seen) and seen[-1] > 0.5, seen
+    if pack != "bz2":
+        assert seen[0] < 0.5, seen
+    # a pretty-printed document, packed, is read whole as it is unpacked
+    doc = tmp_path / "doc.json"
+    doc.write_bytes(compress(json.dumps([ours(i) for i in range(5000, 5003)], indent=2).encode()))
+    assert import_file(engine.traces, doc).inserted == 3
+
+
+@pytest.mark.parametrize("pack", ["gzip", "xz"])
+def test_a_damaged_compressed_file_is_named_and_nothing_is_imported(
+    engine: Engine, tmp_path: Path, pack: str
+) -> None:
+    import lzma
+
+    compress = {"gzip": gzip.compress, "xz": lzma.compress}[pack]
+    data = compress(write(tmp_path, [ours(i) for i in range(2000)]).read_bytes())
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(data[: len(data) * 2 // 3])  # truncated
+    with pytest.raises(InvalidInput) as e:
+        import_file(engine.traces, cut)
+    assert e.value.message.startswith(f"cut.jsonl.gz: not a readable {pack} file"), e.value.message
+    assert "read up to line" in e.value.message
+    assert engine.traces.count() == 0
+    short = tmp_path / "short.jsonl.gz"
+    short.write_bytes(data[:40])  # damaged before the first line ends
+    with pytest.raises(InvalidInput, match=f"^short.jsonl.gz: not a readable {pack} file"):
+        import_file(engine.traces, short)
+    assert engine.traces.count() == 0

@@ -9,32 +9,29 @@ plus the 1-based line or row number of each row and the cluster ids it mentions.
 
 from __future__ import annotations
 
-import bz2
 import codecs
 import collections
 import contextlib
 import csv
 import functools
-import gzip
 import hashlib
 import io
 import json
-import lzma
 import os
 import queue
 import sys
 import threading
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, cast
+from typing import Any, BinaryIO, Literal
 
 import msgspec
 import numpy as np
 import pyarrow as pa
 
 from opentracy._arrow import from_numpy
+from opentracy._compression import COMPRESSED_SUFFIXES, DAMAGED, OPENERS, compression_of, open_content
 from opentracy._csv import reader as strict_csv
 from opentracy.datasets.rows import MESSAGE_ROLES, check_messages, check_metadata, type_name
 from opentracy.datasets.suffixes import SUFFIX_FORMATS
@@ -291,38 +288,6 @@ _fast_rows = msgspec.json.Decoder(list[_FastRow])
 _BOM = codecs.BOM_UTF8
 
 
-# Compressed text files (JSONL, CSV) are read through the standard library's decompressors, told by their
-# first bytes (not their names: a gzipped file named rows.jsonl is read too).
-_COMPRESSED_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz")
-
-
-def compression_of(path: str | os.PathLike[str]) -> str | None:
-    """'gzip', 'bz2' or 'xz' when the file starts as such a file does; None otherwise. (bz2's "BZh" could
-    begin a CSV header, so its level digit and first block's magic must follow.)"""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(10)
-    except (IsADirectoryError, PermissionError):
-        return None
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return "xz"
-    if head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90"):
-        return "bz2"  # a first block, or the end of an empty stream
-    return None
-
-
-_DAMAGED = (OSError, EOFError, zlib.error, lzma.LZMAError)  # what reading a damaged compressed file raises
-_OPENERS: dict[str, Any] = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}  # a name or a file object
-
-
-def open_content(path: str | os.PathLike[str]) -> BinaryIO:
-    """A file's content to read, decompressed when it is compressed (nothing hashed: for a first look)."""
-    c = compression_of(path)
-    return cast(BinaryIO, _OPENERS[c](path, "rb")) if c else open(path, "rb")
-
-
 class _Tap(io.RawIOBase):
     """The raw bytes of a file as a decompressor reads them: hashed and counted on the way."""
 
@@ -380,7 +345,7 @@ class SourceFile:
             if self.compression is None:
                 yield buffered
             else:
-                with _OPENERS[self.compression](buffered, "rb") as f:
+                with OPENERS[self.compression](buffered, "rb") as f:
                     yield f
             tap.drain()
         finally:
@@ -389,7 +354,7 @@ class SourceFile:
     def read_error(self, e: BaseException, line: int) -> BaseException:
         """What to raise for an error met while reading: a compressed file that cannot be read through is
         bad input (named, with the last line read whole); anything else as it is."""
-        if self.compression and isinstance(e, _DAMAGED):
+        if self.compression and isinstance(e, DAMAGED):
             where = f" (read up to line {line - 1})" if line > 1 else ""
             return InvalidInput(f"not a readable {self.compression} file: {e}{where}", file=self.name)
         return e
@@ -713,7 +678,7 @@ def _peek(src: SourceFile, read: Callable[[BinaryIO], bytes]) -> bytes:
     try:
         with open_content(src.path) as f:
             return read(f)
-    except _DAMAGED as e:
+    except DAMAGED as e:
         if not src.compression:
             raise
         raise NeedsCarefulPath(f"{src.compression}: {e}") from None
@@ -856,7 +821,7 @@ def _readable_lines(f: BinaryIO) -> Iterator[bytes]:
     """Lines of a file until one cannot be read (a damaged compressed file: the reader names the problem)."""
     try:
         yield from f
-    except _DAMAGED:
+    except DAMAGED:
         return
 
 
@@ -881,7 +846,7 @@ def read_csv(src: SourceFile, mapping: Mapping, errors: Errors) -> Iterator[Batc
                             raise InvalidInput(problem, file=src.name, line=state["line"]) from None
                         bad_utf8[state["line"]] = problem
                         yield raw.decode("utf-8", "replace")  # the record holding this line is skipped below
-            except _DAMAGED as e:  # a damaged compressed file (a plain file's I/O errors pass as they are)
+            except DAMAGED as e:  # a damaged compressed file (a plain file's I/O errors pass as they are)
                 raise src.read_error(e, state["line"] + 1) from None
 
     reader = strict_csv(lines())  # fields of any length, as pyarrow's parser (`arrow_csv`) reads them
@@ -1819,7 +1784,7 @@ def detect_format(path: Path, fmt: str | None) -> str:
     if path.is_dir():
         return "hf"
     suffixes = [x.lower() for x in path.suffixes]
-    if suffixes and suffixes[-1] in _COMPRESSED_SUFFIXES:  # rows.jsonl.gz: the format is the name's before
+    if suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:  # rows.jsonl.gz: the format is the name's before
         suffixes.pop()
     suffix = suffixes[-1] if suffixes else ""
     named = SUFFIX_FORMATS.get(suffix)

@@ -15,6 +15,8 @@ Formats (`fmt="auto"` tells them apart line by line):
   `gen_ai.prompt.N.*` / `gen_ai.completion.N.*` attributes and message events, `gen_ai.usage.*`,
   `gen_ai.response.finish_reasons`) become traces; other spans are counted and left out.
 
+Files may come compressed (gzip, bz2, xz; told by their first bytes, whatever their names).
+
 A bad line is an error naming the file and the line, and nothing is imported, unless `on_error="skip"`, in
 which case the bad lines are skipped and listed in the result.
 """
@@ -29,6 +31,7 @@ from typing import Any
 import msgspec
 from pydantic import BaseModel
 
+from opentracy._compression import DAMAGED, OPENERS, compression_of, open_content
 from opentracy.errors import Cancelled, InvalidInput
 from opentracy.traces.schema import TraceIn, to_row
 
@@ -304,11 +307,40 @@ def _otel_traces(doc: dict[str, Any]) -> Iterator[TraceIn | None]:
 # -- the file -----------------------------------------------------------------------------------------
 
 
-def _lines(path: Path, pos: list[int]) -> Iterator[tuple[int, bytes]]:
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            pos[0] += len(line)
-            yield n, line
+def _damaged(compression: str, e: BaseException, name: str, lines_read: int) -> InvalidInput:
+    where = f" (read up to line {lines_read})" if lines_read else ""
+    return InvalidInput(f"not a readable {compression} file: {e}{where}", file=name)
+
+
+def _read(path: Path, name: str, size: int = -1) -> bytes:
+    """The file's content (its first `size` bytes), decompressed when it is compressed."""
+    try:
+        with open_content(path) as f:
+            return f.read(size)
+    except DAMAGED as e:
+        if (c := compression_of(path)) is None:
+            raise
+        raise _damaged(c, e, name, 0) from None
+
+
+def _lines(path: Path, name: str, pos: list[int]) -> Iterator[tuple[int, bytes]]:
+    """The file's lines, decompressed when it is compressed (gzip, bz2, xz: told by the first bytes); pos[0]
+    follows the bytes of the file read so far, for progress."""
+    c = compression_of(path)
+    with open(path, "rb") as raw:
+        if c is None:
+            for n, line in enumerate(raw, 1):
+                pos[0] += len(line)
+                yield n, line
+            return
+        n = 0
+        try:
+            with OPENERS[c](raw, "rb") as f:
+                for n, line in enumerate(f, 1):
+                    pos[0] = raw.tell()
+                    yield n, line
+        except DAMAGED as e:
+            raise _damaged(c, e, name, n) from None
 
 
 def iter_traces(
@@ -318,8 +350,7 @@ def iter_traces(
     line that is wrong (the caller decides: raise or skip)."""
     if fmt not in FORMATS:
         raise InvalidInput(f"unknown trace format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    with open(path, "rb") as f:
-        head = f.read(1 << 16)
+    head = _read(path, name, 1 << 16)
     stripped = head.lstrip()
     if not stripped:
         raise InvalidInput("the file is empty", file=name)
@@ -332,7 +363,7 @@ def iter_traces(
         whole = stripped[:1] in (b"{", b"[")
     if whole:
         try:
-            doc = _dec(path.read_bytes())
+            doc = _dec(_read(path, name))
         except msgspec.DecodeError:
             doc = None  # not one document either: read it line by line, which names the bad line
         if doc is not None:
@@ -341,7 +372,7 @@ def iter_traces(
                 yield from _one(d, i, fmt, {})
             return
     pending: dict[str, tuple[int, dict[str, Any]]] = {}  # batch API: custom_id → (line, input or output)
-    for n, line in _lines(path, pos if pos is not None else [0]):
+    for n, line in _lines(path, name, pos if pos is not None else [0]):
         if not line.strip():
             continue
         try:
