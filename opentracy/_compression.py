@@ -10,6 +10,8 @@ import os
 import zlib
 from typing import Any, BinaryIO, cast
 
+from opentracy.errors import InvalidInput
+
 COMPRESSED_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz")
 DAMAGED = (OSError, EOFError, zlib.error, lzma.LZMAError)  # what reading a damaged compressed file raises
 OPENERS: dict[str, Any] = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}  # a name or a file object
@@ -36,3 +38,9 @@ def open_content(path: str | os.PathLike[str]) -> BinaryIO:
     """A file's content to read, decompressed when it is compressed (nothing hashed: for a first look)."""
     c = compression_of(path)
     return cast(BinaryIO, OPENERS[c](path, "rb")) if c else open(path, "rb")
+
+
+def damaged(compression: str, e: BaseException, name: str, lines_read: int) -> InvalidInput:
+    """The error for a compressed file that cannot be read through, naming it and the last line read whole."""
+    where = f" (read up to line {lines_read})" if lines_read > 0 else ""
+    return InvalidInput(f"not a readable {compression} file: {e}{where}", file=name)

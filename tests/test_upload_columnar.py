@@ -382,12 +382,11 @@ def test_struct_metadata_rows_the_per_row_path_changes_are_left_to_it(
 
 def test_a_bad_struct_metadata_row_is_named_by_its_row_number(engine, tmp_path: Path, monkeypatch) -> None:
     rows = _struct_rows(12)
-    rows[9]["metadata"]["tags"] = None
     path = tmp_path / "bad.parquet"
     t = pa.Table.from_pylist(rows)
     i = t.schema.get_field_index("metadata")
     meta = t.column(i).combine_chunks()
-    tags = pa.array([[1, 2] if j == 9 else None for j in range(12)], pa.list_(pa.int64()))
+    tags = pa.array([[1, 2] if j == 9 else None for j in range(12)], pa.list_(pa.int64()))  # row 10
     bad = pa.StructArray.from_arrays(
         [meta.field(k) if meta.type.field(k).name != "tags" else tags for k in range(meta.type.num_fields)],
         fields=[meta.type.field(k) if meta.type.field(k).name != "tags" else pa.field("tags", tags.type)

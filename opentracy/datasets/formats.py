@@ -31,7 +31,14 @@ import numpy as np
 import pyarrow as pa
 
 from opentracy._arrow import from_numpy
-from opentracy._compression import COMPRESSED_SUFFIXES, DAMAGED, OPENERS, compression_of, open_content
+from opentracy._compression import (
+    COMPRESSED_SUFFIXES,
+    DAMAGED,
+    OPENERS,
+    compression_of,
+    damaged,
+    open_content,
+)
 from opentracy._csv import reader as strict_csv
 from opentracy.datasets.rows import MESSAGE_ROLES, check_messages, check_metadata, type_name
 from opentracy.datasets.suffixes import SUFFIX_FORMATS
@@ -355,8 +362,7 @@ class SourceFile:
         """What to raise for an error met while reading: a compressed file that cannot be read through is
         bad input (named, with the last line read whole); anything else as it is."""
         if self.compression and isinstance(e, DAMAGED):
-            where = f" (read up to line {line - 1})" if line > 1 else ""
-            return InvalidInput(f"not a readable {self.compression} file: {e}{where}", file=self.name)
+            return damaged(self.compression, e, self.name, line - 1)
         return e
 
     def chunks(self, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:

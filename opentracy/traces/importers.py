@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 from pydantic import BaseModel
 
-from opentracy._compression import DAMAGED, OPENERS, compression_of, open_content
+from opentracy._compression import DAMAGED, OPENERS, compression_of, damaged, open_content
 from opentracy.errors import Cancelled, InvalidInput
 from opentracy.traces.schema import TraceIn, to_row
 
@@ -307,11 +307,6 @@ def _otel_traces(doc: dict[str, Any]) -> Iterator[TraceIn | None]:
 # -- the file -----------------------------------------------------------------------------------------
 
 
-def _damaged(compression: str, e: BaseException, name: str, lines_read: int) -> InvalidInput:
-    where = f" (read up to line {lines_read})" if lines_read else ""
-    return InvalidInput(f"not a readable {compression} file: {e}{where}", file=name)
-
-
 def _read(path: Path, name: str, size: int = -1) -> bytes:
     """The file's content (its first `size` bytes), decompressed when it is compressed."""
     try:
@@ -320,7 +315,7 @@ def _read(path: Path, name: str, size: int = -1) -> bytes:
     except DAMAGED as e:
         if (c := compression_of(path)) is None:
             raise
-        raise _damaged(c, e, name, 0) from None
+        raise damaged(c, e, name, 0) from None
 
 
 def _lines(path: Path, name: str, pos: list[int]) -> Iterator[tuple[int, bytes]]:
@@ -340,7 +335,7 @@ def _lines(path: Path, name: str, pos: list[int]) -> Iterator[tuple[int, bytes]]
                     pos[0] = raw.tell()
                     yield n, line
         except DAMAGED as e:
-            raise _damaged(c, e, name, n) from None
+            raise damaged(c, e, name, n) from None
 
 
 def iter_traces(
